@@ -1,0 +1,10 @@
+.PHONY: test up lint bench
+
+test:  ## install, start PostgreSQL/Redis if stopped, run the whole test suite
+	./scripts/test.sh
+
+lint:
+	ruff check .
+
+bench:
+	python3 benchmarks/grounding_draw.py

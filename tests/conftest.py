@@ -1,0 +1,1 @@
+"""Shared fixtures; the heavy ones live in tests/fixtures/."""

@@ -1,0 +1,60 @@
+"""The engine interface: what the worker's pipeline asks of a model backend."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One turn of the context window, oldest first.
+
+    ``text`` is already defused (no control tokens); ``images`` are decoded RGB
+    pictures that belong to this turn, shown before its text.
+    """
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+    images: tuple[Image.Image, ...] = field(default=())
+
+
+class EngineError(Exception):
+    """The engine failed in a way the user should hear about (message is user-facing)."""
+
+
+class Engine(ABC):
+    """A model backend. Implementations live one per file in ``worker/engines``."""
+
+    name: str
+    family: str  # "qwen-vl" | "qwen2-vl" | "qwen2.5-vl" | "qwen3-vl"
+
+    @abstractmethod
+    def generate(
+        self,
+        turns: Sequence[ChatTurn],
+        *,
+        max_new_tokens: int,
+        on_text: Callable[[str], None] | None = None,
+    ) -> str:
+        """Answer the last user turn; return the raw answer, grounding markup kept.
+
+        ``on_text`` is called with the text generated so far, as it grows.
+        Raises :class:`EngineError` for failures the user should be told about.
+        """
+
+    def count_tokens(self, text: str) -> int:
+        """Roughly how many tokens ``text`` costs; engines with a tokenizer do better."""
+        return max(1, len(text) // 3)
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """Roughly how many tokens one picture costs in the prompt."""
+        return 256
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the model sees a ``width``×``height`` picture at (for absolute boxes)."""
+        return width, height
