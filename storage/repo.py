@@ -1,0 +1,396 @@
+"""Repository functions: every query the bots and the worker make.
+
+All functions are keyword-only and take a ``session``; the caller commits
+(none of them commits). Functions that may race with another process say how
+they stay correct: a savepoint around the insert and the unique constraint
+decide, and the loser reads the winner's row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from storage.models import Conversation, Image, Job, Message, utcnow
+
+_ERROR_MAX_CHARS = 4000
+
+
+class JobStateError(ValueError):
+    """The job is in a state that does not allow the requested change."""
+
+
+def get_or_create_conversation(*, session: Session, platform: str, scope_key: str) -> Conversation:
+    """Return the conversation for ``(platform, scope_key)``, creating it if needed (race-safe)."""
+    query = select(Conversation).where(
+        Conversation.platform == platform, Conversation.scope_key == scope_key
+    )
+    found = session.scalars(query).one_or_none()
+    if found is not None:
+        return found
+    conversation = Conversation(platform=platform, scope_key=scope_key)
+    try:
+        with session.begin_nested():
+            session.add(conversation)
+    except IntegrityError:
+        return session.scalars(query).one()
+    return conversation
+
+
+def get_conversation(*, session: Session, conversation_id: int) -> Conversation | None:
+    """Return the conversation with this id, or None."""
+    return session.get(Conversation, conversation_id)
+
+
+def put_image(*, session: Session, data: bytes, mime: str, width: int, height: int) -> Image:
+    """Store a picture once per content hash and return its row (the existing one if any).
+
+    Raises ``ValueError`` for empty data or a non-positive size. Race-safe.
+    """
+    if not data:
+        raise ValueError("empty image data")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"bad image size {width}x{height}")
+    sha256 = hashlib.sha256(data).hexdigest()
+    found = session.get(Image, sha256)
+    if found is not None:
+        return found
+    image = Image(sha256=sha256, data=data, mime=mime, width=width, height=height, size=len(data))
+    try:
+        with session.begin_nested():
+            session.add(image)
+    except IntegrityError:
+        found = session.get(Image, sha256, populate_existing=True)
+        if found is None:  # pragma: no cover - the winner's row must exist
+            raise
+        return found
+    return image
+
+
+def get_image(*, session: Session, sha256: str) -> Image | None:
+    """Return the picture with this content hash, or None."""
+    return session.get(Image, sha256)
+
+
+def _check_parts(parts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not isinstance(parts, Sequence) or isinstance(parts, str | bytes):
+        raise ValueError("parts must be a list of {'type': ...} dicts")
+    for part in parts:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise ValueError(f"bad message part {part!r}: expected a dict with a 'type'")
+    return list(parts)
+
+
+def _message_by_platform_id(
+    session: Session, platform: str, platform_message_id: str
+) -> Message | None:
+    return session.scalars(
+        select(Message).where(
+            Message.platform == platform, Message.platform_message_id == platform_message_id
+        )
+    ).one_or_none()
+
+
+def _job_for_message(session: Session, message_id: int) -> Job:
+    return session.scalars(select(Job).where(Job.message_id == message_id)).one()
+
+
+def add_user_turn(
+    *,
+    session: Session,
+    conversation: Conversation,
+    parts: Sequence[dict[str, Any]],
+    platform: str,
+    platform_message_id: str | None,
+    chat_id: str | None,
+    thread_id: str | None,
+    user_id: str | None,
+    user_name: str | None = None,
+    reply_to_id: str | None = None,
+) -> tuple[Message, Job, bool]:
+    """Record a user message (pending) and its job (queued); return ``(message, job, created)``.
+
+    If ``(platform, platform_message_id)`` was recorded before, return that message,
+    its job and ``created=False`` (race-safe). Raises ``ValueError`` for malformed parts.
+    """
+    parts = _check_parts(parts)
+    if platform_message_id is not None:
+        found = _message_by_platform_id(session, platform, platform_message_id)
+        if found is not None:
+            return found, _job_for_message(session, found.id), False
+    now = utcnow()
+    message = Message(
+        conversation_id=conversation.id,
+        role="user",
+        parts=parts,
+        status="pending",
+        platform=platform,
+        platform_message_id=platform_message_id,
+        chat_id=chat_id,
+        thread_id=thread_id,
+        user_id=user_id,
+        user_name=user_name,
+        reply_to_id=reply_to_id,
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(message)
+            session.flush()
+            job = Job(
+                message_id=message.id,
+                conversation_id=conversation.id,
+                status="queued",
+                attempts=0,
+                enqueued_at=now,
+                platform=platform,
+            )
+            session.add(job)
+    except IntegrityError:
+        if platform_message_id is None:
+            raise
+        found = _message_by_platform_id(session, platform, platform_message_id)
+        if found is None:
+            raise
+        return found, _job_for_message(session, found.id), False
+    _touch_conversation(session, conversation, updated_at=now)
+    return message, job, True
+
+
+def _touch_conversation(session: Session, conversation: Conversation, **values: Any) -> None:
+    # An UPDATE statement also works when `conversation` came from another session.
+    session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation.id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    for key, value in values.items():
+        set_committed_value(conversation, key, value)
+
+
+def reset_conversation(*, session: Session, conversation: Conversation) -> None:
+    """Move the context floor above every message so far; history is kept."""
+    newest = session.scalar(
+        select(func.max(Message.id)).where(Message.conversation_id == conversation.id)
+    )
+    if newest is not None and newest > conversation.context_floor:
+        _touch_conversation(session, conversation, context_floor=newest, updated_at=utcnow())
+
+
+def context_messages(
+    *, session: Session, conversation_id: int, up_to_message_id: int, max_messages: int
+) -> list[Message]:
+    """Return the model's context for a turn, oldest first.
+
+    That is the newest ``max_messages`` messages above the conversation's floor with
+    id <= ``up_to_message_id``, without failed messages or user messages whose job
+    failed or was cancelled; message ``up_to_message_id`` itself is always included.
+    Raises ``ValueError`` if ``max_messages`` < 1 and ``LookupError`` for an unknown
+    conversation.
+    """
+    if max_messages < 1:
+        raise ValueError("max_messages must be at least 1")
+    floor = session.scalar(
+        select(Conversation.context_floor).where(Conversation.id == conversation_id)
+    )
+    if floor is None:
+        raise LookupError(f"no conversation {conversation_id}")
+    abandoned = exists().where(
+        Job.message_id == Message.id, Job.status.in_(("failed", "cancelled"))
+    )
+    kept = and_(
+        Message.id > floor,
+        Message.status != "failed",
+        ~and_(Message.role == "user", abandoned),
+    )
+    query = (
+        select(Message)
+        .where(
+            Message.conversation_id == conversation_id,
+            Message.id <= up_to_message_id,
+            or_(Message.id == up_to_message_id, kept),
+        )
+        .order_by(Message.id.desc())
+        .limit(max_messages)
+    )
+    return list(reversed(session.scalars(query).all()))
+
+
+def get_job(*, session: Session, job_id: int) -> Job | None:
+    """Return the job with this id, or None."""
+    return session.get(Job, job_id)
+
+
+def get_message(*, session: Session, message_id: int) -> Message | None:
+    """Return the message with this id, or None."""
+    return session.get(Message, message_id)
+
+
+def _lock_job(session: Session, job_id: int) -> Job:
+    job = session.scalars(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if job is None:
+        raise LookupError(f"no job {job_id}")
+    return job
+
+
+def start_job(*, session: Session, job_id: int, engine: str) -> Job | None:
+    """Mark a queued (or redelivered running) job running and return it; None if it is over.
+
+    Counts the attempt. Raises ``LookupError`` for an unknown job.
+    """
+    job = _lock_job(session, job_id)
+    if job.status not in ("queued", "running"):
+        return None
+    job.status = "running"
+    job.engine = engine
+    job.started_at = utcnow()
+    job.attempts += 1
+    session.flush()
+    return job
+
+
+def finish_job(*, session: Session, job_id: int, parts: Sequence[dict[str, Any]]) -> Message:
+    """Store the assistant's answer, mark the job and its user message done; return the answer.
+
+    Idempotent: a job already done returns its existing answer. Raises ``JobStateError``
+    for a failed or cancelled job, ``LookupError`` for an unknown one and ``ValueError``
+    for malformed parts.
+    """
+    parts = _check_parts(parts)
+    job = _lock_job(session, job_id)
+    if job.status == "done" and job.reply_message is not None:
+        return job.reply_message
+    if job.status not in ("queued", "running"):
+        raise JobStateError(f"job {job_id} is {job.status}; it cannot be finished")
+    user = job.message
+    now = utcnow()
+    reply = Message(
+        conversation_id=user.conversation_id,
+        role="assistant",
+        parts=parts,
+        status="done",
+        platform=user.platform,
+        chat_id=user.chat_id,
+        thread_id=user.thread_id,
+        reply_to_id=user.platform_message_id,
+        in_reply_to=user.id,
+        created_at=now,
+    )
+    session.add(reply)
+    session.flush()
+    job.status = "done"
+    job.finished_at = now
+    job.reply_message_id = reply.id
+    job.reply_message = reply
+    job.error = None
+    user.status = "done"
+    session.flush()
+    return reply
+
+
+def fail_job(*, session: Session, job_id: int, error: str) -> Job:
+    """Mark the job and its user message failed with a readable ``error``; return the job.
+
+    A job already failed gets the new error; one already done or cancelled is returned
+    unchanged (a late failure of a duplicate run loses). Raises ``LookupError`` for an
+    unknown job.
+    """
+    job = _lock_job(session, job_id)
+    if job.status in ("done", "cancelled"):
+        return job
+    job.status = "failed"
+    job.error = (error.strip() or "unknown error")[:_ERROR_MAX_CHARS]
+    job.finished_at = utcnow()
+    job.message.status = "failed"
+    session.flush()
+    return job
+
+
+def cancel_job(*, session: Session, job_id: int) -> bool:
+    """Cancel a job that is still queued; return whether it was (False once it has started)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="cancelled", finished_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    if result.rowcount != 1:
+        return False
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is not None:
+        job.message.status = "failed"
+        session.flush()
+    return True
+
+
+def queue_position(*, session: Session, job_id: int) -> int | None:
+    """Return the job's 1-based place among queued jobs (by enqueue time), or None if not queued."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status != "queued":
+        return None
+    ahead = or_(
+        Job.enqueued_at < job.enqueued_at,
+        and_(Job.enqueued_at == job.enqueued_at, Job.id <= job.id),
+    )
+    return session.scalar(select(func.count(Job.id)).where(Job.status == "queued", ahead))
+
+
+def undelivered_jobs(*, session: Session, platform: str, limit: int = 50) -> list[Job]:
+    """Return finished (done or failed) jobs of ``platform`` not yet delivered, oldest first."""
+    query = (
+        select(Job)
+        .where(
+            Job.platform == platform,
+            Job.delivered_at.is_(None),
+            Job.status.in_(("done", "failed")),
+        )
+        .order_by(Job.finished_at, Job.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query).all())
+
+
+def claim_delivery(*, session: Session, job_id: int) -> bool:
+    """Mark the job delivered; return True for exactly one caller, even across processes.
+
+    The claim holds once the caller commits; commit straight away, before sending.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.delivered_at.is_(None))
+        .values(delivered_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    return result.rowcount == 1
+
+
+def set_platform_message_id(*, session: Session, message_id: int, platform_message_id: str) -> None:
+    """Record the platform's id for a delivered message. Raises ``LookupError`` if unknown."""
+    message = session.get(Message, message_id)
+    if message is None:
+        raise LookupError(f"no message {message_id}")
+    message.platform_message_id = platform_message_id
+    session.flush()
+
+
+def conversation_for_platform_message(
+    *, session: Session, platform: str, platform_message_id: str
+) -> Conversation | None:
+    """Return the conversation holding the message with this platform id, or None."""
+    return session.scalars(
+        select(Conversation)
+        .join(Message, Message.conversation_id == Conversation.id)
+        .where(Message.platform == platform, Message.platform_message_id == platform_message_id)
+    ).one_or_none()
