@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
@@ -47,6 +48,39 @@ def _parser() -> argparse.ArgumentParser:
     draw.add_argument("-o", "--output", type=Path, help="write the annotated picture here")
     draw.add_argument("--json", action="store_true", help="print {text, boxes, skipped} as JSON")
     draw.set_defaults(func=cmd_draw)
+
+    up = sub.add_parser("up", help="run the service: migrate, embedded Redis, a worker, the frontends")
+    up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run a worker only (scale-out; needs REDIS_URL and DATABASE_URL)")
+    worker.add_argument("-c", "--concurrency", type=int, default=1)
+    worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
+    worker.set_defaults(func=cmd_worker)
+
+    chat = sub.add_parser("chat", help="one chat turn from the terminal, through the running service")
+    chat.add_argument("images", nargs="*", type=Path, help="pictures to send with the question")
+    chat.add_argument("--text", default="", help="the question; '-' reads standard input")
+    chat.add_argument("--reset", action="store_true", help="forget the conversation first")
+    chat.add_argument("-o", "--out-dir", type=Path, default=Path("."), help="where annotated pictures go")
+    chat.add_argument("--user", help="whose conversation (default: your login name)")
+    chat.add_argument("--timeout", type=float, default=600, help="seconds to wait for the answer")
+    chat.set_defaults(func=cmd_chat)
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(metavar="ACTION")
+    db_up = db.add_parser("upgrade", help="apply the migrations (qvl up does this by itself)")
+    db_up.set_defaults(func=cmd_db_upgrade)
+
+    model = sub.add_parser("model", help="model weights").add_subparsers(metavar="ACTION")
+    tiny = model.add_parser("make-tiny", help="write a tiny random-weight model to smoke-test without a GPU")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--family", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
+    tiny.set_defaults(func=cmd_make_tiny)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(metavar="WHAT")
+    queue = bench.add_parser("queue", help="per-turn overhead vs a raw Celery round trip")
+    queue.add_argument("--turns", type=int, default=200, help="turns per measurement")
+    queue.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    queue.set_defaults(func=cmd_bench_queue)
     return parser
 
 
@@ -86,6 +120,60 @@ def cmd_draw(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"wrote {args.output}")
     return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from qvl.service import up
+    from qvl.settings import Settings
+
+    return up(Settings())
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from qvl.queue import redis_url
+    from qvl.service import prepare, run_worker
+    from qvl.settings import Settings
+
+    settings = Settings()
+    prepare(settings)
+    return run_worker(settings, redis_url(settings), concurrency=args.concurrency, pool=args.pool)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bots.terminal import chat
+    from qvl.settings import Settings
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    return asyncio.run(chat(Settings(), text=text, images=args.images, reset=args.reset,
+                            out_dir=args.out_dir, user=args.user, timeout_s=args.timeout))
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from qvl.settings import Settings
+    from storage.db import current_revision, upgrade
+
+    url = Settings().resolved_database_url()
+    upgrade(url)
+    print(f"database at revision {current_revision(url)}")
+    return 0
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from qvl.tiny import make_tiny
+
+    path = make_tiny(args.directory, args.family)
+    print(f"wrote a tiny random-weight {args.family} model to {path}")
+    print(f"use it: QVL_MODEL={path} qvl up")
+    return 0
+
+
+def cmd_bench_queue(args: argparse.Namespace) -> int:
+    from qvl.bench import bench_queue
+    from qvl.settings import Settings
+
+    return bench_queue(Settings(), turns=args.turns, concurrency=args.concurrency)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,5 @@
 """Shared fixtures; the heavy ones live in tests/fixtures/."""
+
+from tests.fixtures.db import *  # noqa: F403
+from tests.fixtures.models import *  # noqa: F403
+from tests.fixtures.services import *  # noqa: F403

@@ -10,9 +10,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from qvl.errors import UserFacingError
 
-MIMES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
-         "BMP": "image/bmp", "TIFF": "image/tiff"}
-
 
 class BadImage(UserFacingError):
     """A picture that cannot be used; the message says why, briefly."""
@@ -58,4 +55,4 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, s
         raise BadImage("That file is not a picture I can read.", zh="无法识别这个文件的图片格式。") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadImage("That picture seems to be damaged.", zh="图片似乎已损坏。") from exc
-    return image, MIMES.get(fmt, "application/octet-stream")
+    return image, Image.MIME.get(fmt, "application/octet-stream")

@@ -1,0 +1,268 @@
+"""The core: the one API every frontend calls. Platform-agnostic, async.
+
+An adapter turns a native event into an :class:`IncomingMessage`, calls
+:meth:`Core.handle`, shows :meth:`Core.watch` while the user waits, and sends
+what :meth:`Core.replies` yields. It never touches SQL, Redis or Celery itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bots.commands import command_of, say
+from qvl import events
+from qvl.protocol import (
+    TASK_NAME,
+    Accepted,
+    IncomingMessage,
+    Reply,
+    ReplyImage,
+    TaskMessage,
+    TurnStatus,
+)
+from qvl.queue import make_celery, redis_url
+from qvl.settings import Settings
+from storage import repo
+from storage.db import make_engine, make_sessionmaker
+
+log = logging.getLogger(__name__)
+
+FINAL = ("done", "failed", "cancelled")
+
+
+class Core:
+    """Persist turns, queue them, report where they stand, hand back finished replies."""
+
+    def __init__(self, settings: Settings, *, sessions: sessionmaker[Session] | None = None,
+                 redis_url_: str | None = None):
+        self.settings = settings
+        self.sessions = sessions or make_sessionmaker(make_engine(settings.resolved_database_url()))
+        url = redis_url_ or redis_url(settings)
+        self.redis = aioredis.Redis.from_url(url)
+        self.celery = make_celery(settings, url)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # --- incoming -------------------------------------------------------------------
+
+    async def handle(self, msg: IncomingMessage) -> Accepted | Reply:
+        """Take one message: a command gets its Reply at once; a turn is queued.
+
+        A platform event delivered twice returns the first turn's job, marked
+        ``duplicate``, and queues nothing.
+        """
+        command = command_of(msg.text)
+        if command == "help":
+            return self._reply_to(msg, say("help", msg.language))
+        if command == "reset":
+            await asyncio.to_thread(self._reset, msg)
+            return self._reply_to(msg, say("reset", msg.language))
+        if not msg.text.strip() and not msg.images:
+            return self._reply_to(msg, say("empty", msg.language), error=True)
+        if len(msg.images) > self.settings.images_per_message:
+            return self._reply_to(msg, say("too_many_images", msg.language,
+                                           n=self.settings.images_per_message), error=True)
+        problem = _check_images(msg.images, self.settings.image_max_bytes)
+        if problem:
+            log.info("refused a picture from %s/%s: %s", msg.platform, msg.user_id, problem)
+            return self._reply_to(msg, say(problem, msg.language,
+                                           mb=self.settings.image_max_bytes // 1_048_576), error=True)
+        job_id, created = await asyncio.to_thread(self._persist, msg)
+        if created:
+            try:
+                await asyncio.to_thread(self._enqueue, job_id)
+            except Exception:
+                log.exception("could not queue job %s", job_id)
+                await asyncio.to_thread(self._fail, job_id, say("busy", msg.language))
+        return Accepted(job_id=job_id, duplicate=not created)
+
+    def _reply_to(self, msg: IncomingMessage, text: str, *, error: bool = False) -> Reply:
+        return Reply(platform=msg.platform, chat_id=msg.chat_id, text=text, thread_id=msg.thread_id,
+                     reply_to_message_id=msg.message_id, user_id=msg.user_id, error=error)
+
+    def _reset(self, msg: IncomingMessage) -> None:
+        with self.sessions() as session:
+            conversation = repo.get_or_create_conversation(
+                session=session, platform=msg.platform, scope_key=msg.scope_key)
+            repo.reset_conversation(session=session, conversation=conversation)
+            session.commit()
+
+    def _persist(self, msg: IncomingMessage) -> tuple[int, bool]:
+        parts: list[dict] = []
+        with self.sessions() as session:
+            for data in msg.images:
+                mime, width, height = _sniff(data)  # checked by _check_images
+                image = repo.put_image(session=session, data=data, mime=mime, width=width, height=height)
+                parts.append({"type": "image", "sha256": image.sha256})
+            if msg.text.strip():
+                parts.append({"type": "text", "text": msg.text})
+            conversation = repo.get_or_create_conversation(
+                session=session, platform=msg.platform, scope_key=msg.scope_key)
+            _, job, created = repo.add_user_turn(
+                session=session, conversation=conversation, parts=parts, platform=msg.platform,
+                platform_message_id=msg.message_id, chat_id=msg.chat_id, thread_id=msg.thread_id,
+                user_id=msg.user_id, user_name=msg.user_name, reply_to_id=msg.reply_to_id)
+            session.commit()  # enqueue only after commit: the worker must find the turn
+            return job.id, created
+
+    def _enqueue(self, job_id: int) -> None:
+        payload = TaskMessage(job_id=job_id)
+        self.celery.send_task(TASK_NAME, kwargs={"job_id": payload.job_id, "v": payload.v},
+                              queue=self.settings.queue)
+
+    def _fail(self, job_id: int, error: str) -> None:
+        with self.sessions() as session:
+            repo.fail_job(session=session, job_id=job_id, error=error)
+            session.commit()
+
+    # --- where a turn stands --------------------------------------------------------
+
+    async def status(self, job_id: int) -> TurnStatus:
+        """Where turn ``job_id`` stands now (queued with its position, running, …)."""
+        state, position, error = await asyncio.to_thread(self._job_state, job_id)
+        if state == "running":
+            partial = await self.redis.get(events.partial_key(self.settings.namespace, job_id))
+            if partial is not None:
+                return TurnStatus(job_id, "streaming", partial=partial.decode())
+        return TurnStatus(job_id, state, position=position, error=error)
+
+    def _job_state(self, job_id: int) -> tuple[str, int | None, str | None]:
+        with self.sessions() as session:
+            job = repo.get_job(session=session, job_id=job_id)
+            if job is None:
+                raise LookupError(f"no job {job_id}")
+            position = repo.queue_position(session=session, job_id=job_id) if job.status == "queued" else None
+            return job.status, position, job.error
+
+    async def watch(self, job_id: int, *, poll_s: float = 1.0) -> AsyncIterator[TurnStatus]:
+        """Yield the turn's status each time it changes, ending with done/failed/cancelled."""
+        platform = await asyncio.to_thread(self._platform_of, job_id)
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(events.channel(self.settings.namespace, platform))
+        last = None
+        try:
+            while True:
+                status = await self.status(job_id)
+                if status != last:
+                    yield status
+                    last = status
+                if status.state in FINAL:
+                    return
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_s)
+        finally:
+            await pubsub.aclose()
+
+    def _platform_of(self, job_id: int) -> str:
+        with self.sessions() as session:
+            job = repo.get_job(session=session, job_id=job_id)
+            if job is None:
+                raise LookupError(f"no job {job_id}")
+            return job.platform
+
+    # --- delivery -------------------------------------------------------------------
+
+    async def replies(self, platform: str, *, sweep_s: float = 5.0) -> AsyncIterator[Reply]:
+        """Every finished turn of ``platform``, each yielded once across all processes.
+
+        First the backlog (replies finished while the frontend was away), then live
+        ones as workers finish them; a periodic sweep of SQL catches any event lost
+        on the way. Each reply is claimed in SQL before it is yielded.
+        """
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(events.channel(self.settings.namespace, platform))
+        try:
+            while True:  # subscribed first, then swept: nothing finishes unseen in between
+                for reply in await asyncio.to_thread(self._claim_backlog, platform):
+                    yield reply
+                deadline = asyncio.get_running_loop().time() + sweep_s
+                while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                    event = events.decode(message["data"]) if message else None
+                    if event and event[1] in FINAL:
+                        break
+        finally:
+            await pubsub.aclose()
+
+    def _claim_backlog(self, platform: str) -> list[Reply]:
+        out = []
+        with self.sessions() as session:
+            for job in repo.undelivered_jobs(session=session, platform=platform):
+                if repo.claim_delivery(session=session, job_id=job.id):
+                    session.commit()
+                    out.append(self._reply_for(session, job))
+                else:
+                    session.rollback()
+        return out
+
+    def _reply_for(self, session: Session, job) -> Reply:
+        user = job.message
+        base = dict(platform=job.platform, chat_id=user.chat_id, job_id=job.id, thread_id=user.thread_id,
+                    reply_to_message_id=user.platform_message_id, user_id=user.user_id)
+        if job.status != "done" or job.reply_message is None:
+            return Reply(text=job.error or "Sorry, that did not work.", error=True, **base)
+        parts = job.reply_message.parts
+        text = "\n".join(p["text"] for p in parts if p.get("type") == "text").strip()
+        images = []
+        for n, part in enumerate(p for p in parts if p.get("type") == "image"):
+            blob = repo.get_image(session=session, sha256=part["sha256"])
+            if blob is not None:
+                images.append(ReplyImage(blob.data, blob.mime, f"boxes-{job.id}-{n + 1}.jpg"))
+        return Reply(text=text, images=tuple(images), **base)
+
+    async def take_reply(self, job_id: int) -> Reply | None:
+        """Claim the reply of one finished turn (for frontends that wait on their own turn,
+        such as the terminal); None if it is not finished or was delivered already."""
+        return await asyncio.to_thread(self._claim_one, job_id)
+
+    def _claim_one(self, job_id: int) -> Reply | None:
+        with self.sessions() as session:
+            job = repo.get_job(session=session, job_id=job_id)
+            if job is None or job.status not in ("done", "failed"):
+                return None
+            if not repo.claim_delivery(session=session, job_id=job_id):
+                return None
+            session.commit()
+            return self._reply_for(session, job)
+
+    async def sent(self, reply: Reply, platform_message_id: str) -> None:
+        """Record the platform's id of a delivered reply, so replies to it continue the chat."""
+        if reply.job_id is None:
+            return
+        await asyncio.to_thread(self._record_sent, reply.job_id, platform_message_id)
+
+    def _record_sent(self, job_id: int, platform_message_id: str) -> None:
+        with self.sessions() as session:
+            job = repo.get_job(session=session, job_id=job_id)
+            if job is not None and job.reply_message_id is not None:
+                repo.set_platform_message_id(session=session, message_id=job.reply_message_id,
+                                             platform_message_id=platform_message_id)
+                session.commit()
+
+
+def _check_images(images: tuple[bytes, ...], max_bytes: int) -> str | None:
+    """The message key of the first problem a picture has on its face, or None."""
+    for data in images:
+        if len(data) > max_bytes:
+            return "image_too_large"
+        if _sniff(data) is None:
+            return "not_an_image"
+    return None
+
+
+def _sniff(data: bytes) -> tuple[str, int, int] | None:
+    """MIME type and size from the header alone (the worker decodes, and rejects, for real)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width <= 0 or image.height <= 0:
+                return None
+            return Image.MIME.get(image.format or "", "application/octet-stream"), image.width, image.height
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None

@@ -1,0 +1,70 @@
+"""``qvl up`` and ``qvl worker``: the service on embedded defaults, and a bare worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from qvl.errors import UserFacingError
+from qvl.queue import start_embedded_redis
+from qvl.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def up(settings: Settings) -> int:
+    """Migrate, start Redis if none is configured, check the model, run a worker here.
+
+    Returns the worker's exit status. Stops at once, with a message saying how
+    to get the weights, when the model cannot be had.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    url = settings.redis_url
+    if not url:
+        server, url = start_embedded_redis(settings)
+    prepare(settings)
+    print(f"qvl is up: model {settings.model} ({settings.engine}), "
+          f"database {_safe(settings.resolved_database_url())}, Redis {_safe(url)}")
+    print("Talk to it from another terminal: qvl chat PICTURE.jpg --text 'What is in this picture?'")
+    try:
+        return run_worker(settings, url)
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def prepare(settings: Settings) -> None:
+    """Migrate the database and make sure the model's weights are at hand."""
+    from storage.db import upgrade
+
+    upgrade(settings.resolved_database_url())
+    if settings.engine == "transformers":
+        from worker.engines.weights import resolve_model
+
+        resolve_model(settings.model, cache_dir=settings.data_dir / "models")
+
+
+def run_worker(settings: Settings, url: str, *, concurrency: int = 1, pool: str = "solo") -> int:
+    """Run a Celery worker for the turn queue in this process (blocks)."""
+    os.environ["REDIS_URL"] = url  # worker.app reads settings at import
+    from worker.app import app
+
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", "-Q", settings.queue,
+            "--loglevel=INFO", "--without-gossip", "--without-mingle", "-n", f"qvl@{os.uname().nodename}"]
+    try:
+        app.worker_main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def _safe(url: str) -> str:
+    """A URL fit for a log line: no password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+__all__ = ["UserFacingError", "prepare", "run_worker", "up"]

@@ -1,0 +1,57 @@
+"""One settings class: every knob has a default, a type and a one-line description.
+
+Read from the environment (``QVL_*``, plus ``DATABASE_URL`` and ``REDIS_URL``) and
+an optional ``.env`` file. Passed in through constructors, never read deep inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QVL_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
+
+    data_dir: Path = Field(Path.home() / ".local/share/qvl",
+                           description="SQLite file, embedded Redis and model cache live here")
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "QVL_DATABASE_URL"),
+        description="SQLAlchemy URL; default: SQLite under data_dir")
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "QVL_REDIS_URL"),
+        description="Redis for the queue and reply stream; default: an embedded redis-server")
+    namespace: str = Field("qvl", description="prefix of queue names and Redis keys (several deployments on one Redis)")
+
+    model: str = Field(DEFAULT_MODEL, description="Hugging Face id, modelscope:ORG/NAME, or a local directory")
+    engine: str = Field("transformers", description="transformers | echo | module:Class")
+    family: str | None = Field(None, description="qwen-vl | qwen2-vl | qwen2.5-vl | qwen3-vl; default: from the model")
+    device: str = Field("auto", description="torch device for the transformers engine")
+    max_new_tokens: int = Field(512, ge=1, description="longest answer, in tokens")
+    system_prompt: str = Field("You are a helpful assistant.", description="the system turn")
+
+    context_max_messages: int = Field(20, ge=1, description="turns of history sent to the model, newest kept")
+    context_max_images: int = Field(4, ge=1, description="pictures kept in the context window, newest kept")
+    context_token_budget: int = Field(6144, ge=256, description="prompt tokens the context may use")
+
+    image_max_bytes: int = Field(20 * 1024 * 1024, description="largest picture accepted, in bytes")
+    image_max_pixels: int = Field(50_000_000, description="largest picture accepted, in pixels")
+    images_per_message: int = Field(8, ge=1, description="pictures accepted in one message")
+
+    turn_timeout_s: int = Field(1800, description="a turn unacknowledged this long after a worker died is redone")
+    stream_interval_s: float = Field(0.5, description="least time between streamed partial answers")
+
+    def resolved_database_url(self) -> str:
+        """The database URL in force: ``DATABASE_URL`` or SQLite under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'qvl.sqlite3'}"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.namespace}.turns"

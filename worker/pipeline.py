@@ -1,0 +1,195 @@
+"""One turn, start to finish: SQL → context → engine → grounding → SQL → reply event."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+
+import redis as redis_lib
+from PIL import Image
+
+from qvl import events
+from qvl.errors import UserFacingError
+from qvl.settings import Settings
+from storage import repo
+from storage.db import make_engine, make_sessionmaker
+from worker.engines import Engine, load_engine
+from worker.grounding import Parsed, parse, to_pixels
+from worker.grounding.draw import draw_boxes
+from worker.images import BadImage, Limits, decode_image
+from worker.prompt.context import StoredTurn, build_window
+
+log = logging.getLogger(__name__)
+
+SORRY = "Sorry, something went wrong while answering. Please try again."
+
+
+class Runtime:
+    """What a worker process holds: settings, database, Redis, and the engine (lazily)."""
+
+    def __init__(self, settings: Settings, *, redis_url: str,
+                 engine_factory: Callable[[Settings], Engine] = load_engine):
+        self.settings = settings
+        self.sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+        self.redis = redis_lib.Redis.from_url(redis_url)
+        self._engine_factory = engine_factory
+        self._engine: Engine | None = None
+        self.limits = Limits(settings.image_max_bytes, settings.image_max_pixels)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:  # loaded on the first turn, in the process that serves it
+            started = time.perf_counter()
+            self._engine = self._engine_factory(self.settings)
+            log.info("engine %s (%s) ready in %.1fs", self._engine.name, self._engine.family,
+                     time.perf_counter() - started)
+        return self._engine
+
+
+def run(job_id: int, rt: Runtime) -> str:
+    """Run turn ``job_id``; return its final state ("done", "failed" or "skipped").
+
+    Idempotent: a job already finished (a redelivered task) is skipped. Errors
+    end as a failed job with a readable message; none escapes to the worker.
+    """
+    with rt.sessions() as session:
+        job = repo.start_job(session=session, job_id=job_id, engine=rt.settings.engine)
+        session.commit()
+        if job is None:
+            log.info("job %s already finished; skipping", job_id)
+            return "skipped"
+        platform = job.platform
+    _publish(rt, platform, job_id, "running")
+    try:
+        parts = _answer(job_id, rt, _streamer(rt, platform, job_id))
+    except UserFacingError as exc:
+        log.info("job %s failed for the user: %s", job_id, exc.message)
+        return _fail(rt, platform, job_id, exc.message)
+    except Exception:
+        log.exception("job %s crashed", job_id)
+        return _fail(rt, platform, job_id, SORRY)
+    with rt.sessions() as session:
+        repo.finish_job(session=session, job_id=job_id, parts=parts)
+        session.commit()
+    rt.redis.delete(events.partial_key(rt.settings.namespace, job_id))
+    _publish(rt, platform, job_id, "done")
+    return "done"
+
+
+def _answer(job_id: int, rt: Runtime, on_text: Callable[[str], None]) -> list[dict]:
+    settings = rt.settings
+    with rt.sessions() as session:
+        job = repo.get_job(session=session, job_id=job_id)
+        history = repo.context_messages(session=session, conversation_id=job.conversation_id,
+                                        up_to_message_id=job.message_id,
+                                        max_messages=settings.context_max_messages)
+        turns = [_stored(m) for m in history]
+        blobs = {sha: repo.get_image(session=session, sha256=sha) for t in turns for sha in t.images}
+        images = _decode_all(blobs, current=turns[-1].images, limits=rt.limits)
+    engine = rt.engine
+    window = build_window(turns, images=images, system=settings.system_prompt,
+                          max_images=settings.context_max_images,
+                          token_budget=settings.context_token_budget,
+                          count_tokens=engine.count_tokens, image_tokens=engine.image_tokens)
+    raw = engine.generate(window.turns, max_new_tokens=settings.max_new_tokens, on_text=on_text)
+    with rt.sessions() as session:
+        parts = annotate(raw, engine, pictures=window.pictures, images=images,
+                         store=lambda data, size: repo.put_image(
+                             session=session, data=data, mime="image/jpeg",
+                             width=size[0], height=size[1]).sha256)
+        session.commit()
+    return parts
+
+
+def _stored(message) -> StoredTurn:
+    text = " ".join(p.get("raw", p.get("text", "")) for p in message.parts if p.get("type") == "text")
+    shas = tuple(p["sha256"] for p in message.parts
+                 if p.get("type") == "image" and not p.get("annotated"))
+    return StoredTurn(message.role, text, shas)
+
+
+def _decode_all(blobs: dict, *, current: tuple[str, ...], limits: Limits) -> dict[str, Image.Image]:
+    images = {}
+    for sha, blob in blobs.items():
+        if blob is None:
+            continue
+        try:
+            images[sha], _ = decode_image(blob.data, limits)
+        except BadImage:
+            if sha in current:
+                raise  # the picture of this very turn: tell the user
+            log.warning("skipping unreadable picture %s from history", sha[:12])
+    return images
+
+
+def annotate(raw: str, engine: Engine, *, pictures: list[str], images: dict[str, Image.Image],
+             store: Callable[[bytes, tuple[int, int]], str]) -> list[dict]:
+    """The assistant message's parts: cleaned text, boxes in pixels, annotated pictures.
+
+    Boxes are drawn on the picture the answer names ("Picture 2"), else on the
+    latest picture of the window, as the model card's ``draw_bbox_on_latest_picture``.
+    """
+    parsed = parse(raw, engine.family)
+    parts: list[dict] = [{"type": "text", "text": parsed.text, "raw": raw}]
+    if parsed.skipped:
+        log.info("grounding skipped: %s", "; ".join(parsed.skipped))
+    if not parsed.boxes or not pictures:
+        return parts
+    groups: dict[str, list] = {}
+    for box in parsed.boxes:
+        n = box.picture
+        sha = pictures[n - 1] if n and 1 <= n <= len(pictures) else pictures[-1]
+        groups.setdefault(sha, []).append(box)
+    for sha, raws in groups.items():
+        image = images[sha]
+        boxes, skipped = to_pixels(Parsed(parsed.text, tuple(raws)), engine.family,
+                                   size=image.size, input_size=engine.input_size(*image.size))
+        if skipped:
+            log.info("grounding skipped: %s", "; ".join(skipped))
+        if not boxes:
+            continue
+        out = io.BytesIO()
+        drawn = draw_boxes(image, boxes)
+        drawn.save(out, "JPEG", quality=90)
+        parts.append({"type": "boxes", "image": sha, "boxes": [b.as_json() for b in boxes]})
+        parts.append({"type": "image", "sha256": store(out.getvalue(), drawn.size), "annotated": True})
+    return parts
+
+
+def _fail(rt: Runtime, platform: str, job_id: int, message: str) -> str:
+    with rt.sessions() as session:
+        repo.fail_job(session=session, job_id=job_id, error=message)
+        session.commit()
+    rt.redis.delete(events.partial_key(rt.settings.namespace, job_id))
+    _publish(rt, platform, job_id, "failed")
+    return "failed"
+
+
+def _publish(rt: Runtime, platform: str, job_id: int, state: str) -> None:
+    try:
+        rt.redis.publish(events.channel(rt.settings.namespace, platform), events.encode(job_id, state))
+    except redis_lib.RedisError:  # SQL holds the truth; adapters also sweep it
+        log.warning("could not publish %s for job %s", state, job_id)
+
+
+def _streamer(rt: Runtime, platform: str, job_id: int) -> Callable[[str], None]:
+    """An ``on_text`` callback: keeps the partial answer in Redis, at most every interval."""
+    last = 0.0
+
+    def on_text(text: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < rt.settings.stream_interval_s:
+            return
+        last = now
+        shown = parse(text, rt.engine.family).text  # no half-written markup in partial text
+        try:
+            rt.redis.set(events.partial_key(rt.settings.namespace, job_id), shown,
+                         ex=events.PARTIAL_TTL_S)
+        except redis_lib.RedisError:
+            return
+        _publish(rt, platform, job_id, "streaming")
+
+    return on_text

@@ -1,0 +1,1 @@
+"""Prompt building: pure functions from stored turns to the engine's ChatTurns."""
