@@ -8,3 +8,4 @@ lint:
 
 bench:
 	python3 benchmarks/grounding_draw.py
+	python3 benchmarks/queue_overhead.py

@@ -14,10 +14,14 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from PIL import Image, UnidentifiedImageError
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bots.commands import command_of, say
 from qvl import events
+from qvl.errors import UserFacingError
 from qvl.protocol import (
     TASK_NAME,
     Accepted,
@@ -31,6 +35,7 @@ from qvl.queue import make_celery, redis_url
 from qvl.settings import Settings
 from storage import repo
 from storage.db import make_engine, make_sessionmaker
+from storage.models import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,26 @@ class Core:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    async def check(self) -> None:
+        """Raise a :class:`UserFacingError` saying what is missing if Redis or the
+        database cannot be reached (for frontends to call at start-up)."""
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            raise UserFacingError(
+                f"Cannot reach Redis ({exc.__class__.__name__}): is `qvl up` running? "
+                "Or set REDIS_URL to the service's Redis.") from exc
+        try:
+            await asyncio.to_thread(self._check_database)
+        except SQLAlchemyError as exc:
+            raise UserFacingError(
+                "The database is not ready: run `qvl db upgrade` or start `qvl up`, "
+                "and check DATABASE_URL.") from exc
+
+    def _check_database(self) -> None:
+        with self.sessions() as session:
+            session.execute(select(Conversation.id).limit(1))
 
     # --- incoming -------------------------------------------------------------------
 
@@ -173,8 +198,8 @@ class Core:
         """Every finished turn of ``platform``, each yielded once across all processes.
 
         First the backlog (replies finished while the frontend was away), then live
-        ones as workers finish them; a periodic sweep of SQL catches any event lost
-        on the way. Each reply is claimed in SQL before it is yielded.
+        ones as workers announce them; a sweep of SQL every ``sweep_s`` catches any
+        announcement lost on the way. Each reply is claimed in SQL before it is yielded.
         """
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(events.channel(self.settings.namespace, platform))
@@ -187,7 +212,9 @@ class Core:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
                     event = events.decode(message["data"]) if message else None
                     if event and event[1] in FINAL:
-                        break
+                        reply = await asyncio.to_thread(self._claim_one, event[0])
+                        if reply is not None:
+                            yield reply
         finally:
             await pubsub.aclose()
 

@@ -27,6 +27,7 @@ async def chat(settings: Settings, *, text: str, images: list[Path], reset: bool
     user = user or getpass.getuser()
     core = Core(settings)
     try:
+        await core.check()
         base = dict(platform=PLATFORM, scope_key=f"{PLATFORM}:{user}", chat_id=user, user_id=user)
         if reset:
             result = await core.handle(IncomingMessage(message_id=_new_id(), text="/reset", **base))

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # an operator reads one line; -v shows the traceback
+        logging.getLogger("qvl").debug("command failed", exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"qvl: {type(exc).__name__}: {first[:300]} (run with -v for details)", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--family", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
     tiny.set_defaults(func=cmd_make_tiny)
+
+    download = model.add_parser("download", help="fetch a model's weights (Hugging Face or modelscope:ID)")
+    download.add_argument("model", help="e.g. Qwen/Qwen3-VL-2B-Instruct or modelscope:qwen/Qwen-VL-Chat")
+    download.set_defaults(func=cmd_model_download)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(metavar="WHAT")
     queue = bench.add_parser("queue", help="per-turn overhead vs a raw Celery round trip")
@@ -166,6 +175,16 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     path = make_tiny(args.directory, args.family)
     print(f"wrote a tiny random-weight {args.family} model to {path}")
     print(f"use it: QVL_MODEL={path} qvl up")
+    return 0
+
+
+def cmd_model_download(args: argparse.Namespace) -> int:
+    from qvl.settings import Settings
+    from worker.engines.weights import resolve_model
+
+    path = resolve_model(args.model, cache_dir=Settings().data_dir / "models")
+    print(f"{args.model} is at {path}")
+    print(f"use it: QVL_MODEL={args.model} qvl up   (or QVL_MODEL={path})")
     return 0
 
 

@@ -6,7 +6,7 @@ import logging
 import os
 
 from qvl.errors import UserFacingError
-from qvl.queue import start_embedded_redis
+from qvl.queue import embedded_marker, start_embedded_redis
 from qvl.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,11 @@ def up(settings: Settings) -> int:
     to get the weights, when the model cannot be had.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare(settings)  # before anything starts: no weights, no service
     server = None
     url = settings.redis_url
     if not url:
         server, url = start_embedded_redis(settings)
-    prepare(settings)
     print(f"qvl is up: model {settings.model} ({settings.engine}), "
           f"database {_safe(settings.resolved_database_url())}, Redis {_safe(url)}")
     print("Talk to it from another terminal: qvl chat PICTURE.jpg --text 'What is in this picture?'")
@@ -31,6 +31,7 @@ def up(settings: Settings) -> int:
         return run_worker(settings, url)
     finally:
         if server is not None:
+            embedded_marker(settings).unlink(missing_ok=True)
             server.shutdown()
 
 

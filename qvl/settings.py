@@ -52,6 +52,15 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{self.data_dir / 'qvl.sqlite3'}"
 
+    def as_env(self) -> dict[str, str]:
+        """Environment variables that give a child process exactly these settings."""
+        env = {f"QVL_{name.upper()}": str(value) for name, value in self.model_dump().items()
+               if value is not None and name not in ("database_url", "redis_url")}
+        env["DATABASE_URL"] = self.resolved_database_url()
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        return env
+
     @property
     def queue(self) -> str:
         return f"{self.namespace}.turns"

@@ -162,8 +162,8 @@ class Job(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     platform: Mapped[str] = mapped_column(String(32))
 
-    # selectin (not joined) loading: a joined outer join cannot be locked FOR UPDATE.
-    message: Mapped[Message] = relationship(foreign_keys=[message_id], lazy="selectin")
+    # Joined, not selectin: a job is read on every turn, and one query beats three.
+    message: Mapped[Message] = relationship(foreign_keys=[message_id], lazy="joined", innerjoin=True)
     reply_message: Mapped[Message | None] = relationship(
-        foreign_keys=[reply_message_id], lazy="selectin"
+        foreign_keys=[reply_message_id], lazy="joined"
     )

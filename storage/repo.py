@@ -237,7 +237,7 @@ def _lock_job(session: Session, job_id: int) -> Job:
     job = session.scalars(
         select(Job)
         .where(Job.id == job_id)
-        .with_for_update()
+        .with_for_update(of=Job)  # PostgreSQL refuses FOR UPDATE on the outer-joined reply
         .execution_options(populate_existing=True)
     ).one_or_none()
     if job is None:

@@ -42,6 +42,20 @@ def run_turn(self, job_id: int, v: int = TASK_VERSION) -> str:
     if v != TASK_VERSION:
         log.error("task payload version %s not understood (expected %s); job %s", v, TASK_VERSION, job_id)
         return "rejected"
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from sqlalchemy.exc import OperationalError
+
     from worker.pipeline import run
 
-    return run(job_id, runtime())
+    try:
+        return run(job_id, runtime())
+    except (OperationalError, RedisConnectionError) as exc:  # the database or Redis blinked
+        log.warning("job %s: %s; retrying", job_id, exc.__class__.__name__)
+        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+
+
+@app.task(name="qvl.ping")
+def ping(channel: str, token: str) -> None:
+    """Publish ``token`` on ``channel``: a bare round trip, for health checks and the
+    queue benchmark's baseline."""
+    runtime().redis.publish(channel, token)

@@ -53,41 +53,44 @@ def run(job_id: int, rt: Runtime) -> str:
 
     Idempotent: a job already finished (a redelivered task) is skipped. Errors
     end as a failed job with a readable message; none escapes to the worker.
+    Two short transactions: start + read the context; store the answer + finish.
     """
     with rt.sessions() as session:
         job = repo.start_job(session=session, job_id=job_id, engine=rt.settings.engine)
-        session.commit()
         if job is None:
+            session.commit()
             log.info("job %s already finished; skipping", job_id)
             return "skipped"
         platform = job.platform
+        turns, blobs = _load_context(session, job, rt.settings)
+        session.commit()
     _publish(rt, platform, job_id, "running")
     try:
-        parts = _answer(job_id, rt, _streamer(rt, platform, job_id))
+        _answer(job_id, rt, turns, blobs, _streamer(rt, platform, job_id))
     except UserFacingError as exc:
         log.info("job %s failed for the user: %s", job_id, exc.message)
         return _fail(rt, platform, job_id, exc.message)
     except Exception:
         log.exception("job %s crashed", job_id)
         return _fail(rt, platform, job_id, SORRY)
-    with rt.sessions() as session:
-        repo.finish_job(session=session, job_id=job_id, parts=parts)
-        session.commit()
     rt.redis.delete(events.partial_key(rt.settings.namespace, job_id))
     _publish(rt, platform, job_id, "done")
     return "done"
 
 
-def _answer(job_id: int, rt: Runtime, on_text: Callable[[str], None]) -> list[dict]:
+def _load_context(session, job, settings: Settings) -> tuple[list[StoredTurn], dict]:
+    history = repo.context_messages(session=session, conversation_id=job.conversation_id,
+                                    up_to_message_id=job.message_id,
+                                    max_messages=settings.context_max_messages)
+    turns = [_stored(m) for m in history]
+    blobs = {sha: repo.get_image(session=session, sha256=sha) for t in turns for sha in t.images}
+    return turns, blobs
+
+
+def _answer(job_id: int, rt: Runtime, turns: list[StoredTurn], blobs: dict,
+            on_text: Callable[[str], None]) -> None:
     settings = rt.settings
-    with rt.sessions() as session:
-        job = repo.get_job(session=session, job_id=job_id)
-        history = repo.context_messages(session=session, conversation_id=job.conversation_id,
-                                        up_to_message_id=job.message_id,
-                                        max_messages=settings.context_max_messages)
-        turns = [_stored(m) for m in history]
-        blobs = {sha: repo.get_image(session=session, sha256=sha) for t in turns for sha in t.images}
-        images = _decode_all(blobs, current=turns[-1].images, limits=rt.limits)
+    images = _decode_all(blobs, current=turns[-1].images, limits=rt.limits)
     engine = rt.engine
     window = build_window(turns, images=images, system=settings.system_prompt,
                           max_images=settings.context_max_images,
@@ -99,8 +102,8 @@ def _answer(job_id: int, rt: Runtime, on_text: Callable[[str], None]) -> list[di
                          store=lambda data, size: repo.put_image(
                              session=session, data=data, mime="image/jpeg",
                              width=size[0], height=size[1]).sha256)
+        repo.finish_job(session=session, job_id=job_id, parts=parts)
         session.commit()
-    return parts
 
 
 def _stored(message) -> StoredTurn:
