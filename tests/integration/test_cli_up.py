@@ -105,3 +105,10 @@ def test_chat_writes_the_annotated_picture(tmp_path, service):
 def test_chat_without_a_running_service_says_so(tmp_path):
     run = qvl("chat", "--text", "hello", env=env_for(tmp_path / "data"), cwd=tmp_path)
     assert run.returncode == 1 and "qvl up" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_db_upgrade_migrates_the_configured_database(tmp_path):
+    env = env_for(tmp_path / "data", DATABASE_URL=f"sqlite:///{tmp_path}/x.sqlite3")
+    run = qvl("db", "upgrade", env=env, cwd=tmp_path)
+    assert run.returncode == 0 and "revision 0001" in run.stdout
+    assert (tmp_path / "x.sqlite3").is_file()

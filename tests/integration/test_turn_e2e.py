@@ -297,3 +297,23 @@ def test_tiny_model_end_to_end(settings_for, worker_factory, tiny_model_factory,
     first, second = run(scenario())
     assert not first.error and not second.error, (first.text, second.text)
     assert first.text.strip() and second.text.strip()  # random weights, but real generated text
+
+
+def test_a_frontend_sees_queued_running_streamed_text_then_done(settings_for, worker_factory):
+    settings = settings_for(engine="tests.slow_engine:SlowEngine")
+    worker_factory(settings, extra_env={"PYTHONPATH": str(REPO), "QVL_TEST_SLOW_S": "1.5"})
+
+    async def scenario():
+        core = Core(settings)
+        try:
+            accepted = await core.handle(message("take your time"))
+            seen = [s async for s in _watch(core, accepted.job_id, 60)]
+        finally:
+            await core.close()
+        return seen
+
+    seen = run(scenario())
+    states = [s.state for s in seen]
+    assert states[0] in ("queued", "running", "streaming") and states[-1] == "done"
+    streamed = [s.partial for s in seen if s.state == "streaming"]
+    assert streamed and all(p.startswith("thinking") for p in streamed)
