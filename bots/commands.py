@@ -26,6 +26,8 @@ MESSAGES = {
                      "zh": "无法识别这个文件，请发送 PNG、JPEG、WebP 或 GIF 图片。"},
     "image_too_large": {"en": "That picture is too large (the limit is {mb} MB).",
                         "zh": "图片太大（上限 {mb} MB）。"},
+    "rate_limited": {"en": "You are sending questions too fast: please wait {s} s.",
+                     "zh": "提问太频繁了，请 {s} 秒后再试。"},
     "busy": {"en": "Sorry, I could not queue that just now. Please try again in a moment.",
              "zh": "抱歉，暂时无法处理，请稍后再试。"},
 }

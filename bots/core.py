@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bots.commands import command_of, say
+from bots.ratelimit import RateLimiter
 from qvl import events
 from qvl.errors import UserFacingError
 from qvl.protocol import (
@@ -52,6 +53,8 @@ class Core:
         url = redis_url_ or redis_url(settings)
         self.redis = aioredis.Redis.from_url(url)
         self.celery = make_celery(settings, url)
+        self.limiter = RateLimiter(self.redis, namespace=settings.namespace,
+                                   limit=settings.rate_limit_turns, window_s=settings.rate_limit_window_s)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -95,6 +98,13 @@ class Core:
         if len(msg.images) > self.settings.images_per_message:
             return self._reply_to(msg, say("too_many_images", msg.language,
                                            n=self.settings.images_per_message), error=True)
+        known = await asyncio.to_thread(self._known, msg)
+        if known is not None:  # a redelivered event: answered once, not counted twice
+            return Accepted(job_id=known, duplicate=True)
+        wait = await self.limiter.hit(msg.platform, msg.user_id)
+        if wait is not None:
+            log.info("rate limit: %s/%s must wait %ss", msg.platform, msg.user_id, wait)
+            return self._reply_to(msg, say("rate_limited", msg.language, s=wait), error=True)
         problem = _check_images(msg.images, self.settings.image_max_bytes)
         if problem:
             log.info("refused a picture from %s/%s: %s", msg.platform, msg.user_id, problem)
@@ -112,6 +122,11 @@ class Core:
     def _reply_to(self, msg: IncomingMessage, text: str, *, error: bool = False) -> Reply:
         return Reply(platform=msg.platform, chat_id=msg.chat_id, text=text, thread_id=msg.thread_id,
                      reply_to_message_id=msg.message_id, user_id=msg.user_id, error=error)
+
+    def _known(self, msg: IncomingMessage) -> int | None:
+        with self.sessions() as session:
+            job = repo.find_turn(session=session, platform=msg.platform, platform_message_id=msg.message_id)
+            return job.id if job is not None else None
 
     def _reset(self, msg: IncomingMessage) -> None:
         with self.sessions() as session:
@@ -148,6 +163,34 @@ class Core:
             repo.fail_job(session=session, job_id=job_id, error=error)
             session.commit()
 
+    # --- spaces and conversations --------------------------------------------------
+
+    async def space_settings(self, platform: str, space_id: str) -> dict:
+        """The settings an admin chose for a space (a server, a room); {} if none."""
+        def read() -> dict:
+            with self.sessions() as session:
+                return repo.space_settings(session=session, platform=platform, space_id=space_id)
+        return await asyncio.to_thread(read)
+
+    async def update_space_settings(self, platform: str, space_id: str, **changes) -> dict:
+        """Merge ``changes`` into a space's settings (None removes one); return them all."""
+        def write() -> dict:
+            with self.sessions() as session:
+                values = repo.update_space_settings(session=session, platform=platform,
+                                                    space_id=space_id, changes=changes)
+                session.commit()
+                return values
+        return await asyncio.to_thread(write)
+
+    async def scope_of(self, platform: str, message_id: str) -> str | None:
+        """The scope key of the conversation a platform message (user's or bot's) belongs to."""
+        def read() -> str | None:
+            with self.sessions() as session:
+                conversation = repo.conversation_for_platform_message(
+                    session=session, platform=platform, platform_message_id=message_id)
+                return conversation.scope_key if conversation is not None else None
+        return await asyncio.to_thread(read)
+
     # --- where a turn stands --------------------------------------------------------
 
     async def status(self, job_id: int) -> TurnStatus:
@@ -167,8 +210,10 @@ class Core:
             position = repo.queue_position(session=session, job_id=job_id) if job.status == "queued" else None
             return job.status, position, job.error
 
-    async def watch(self, job_id: int, *, poll_s: float = 1.0) -> AsyncIterator[TurnStatus]:
-        """Yield the turn's status each time it changes, ending with done/failed/cancelled."""
+    async def watch(self, job_id: int, *, poll_s: float = 1.0,
+                    changes_only: bool = True) -> AsyncIterator[TurnStatus]:
+        """Yield the turn's status each time it changes (or at least every ``poll_s`` when
+        not ``changes_only``), ending with done/failed/cancelled."""
         platform = await asyncio.to_thread(self._platform_of, job_id)
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(events.channel(self.settings.namespace, platform))
@@ -176,7 +221,7 @@ class Core:
         try:
             while True:
                 status = await self.status(job_id)
-                if status != last:
+                if status != last or not changes_only:
                     yield status
                     last = status
                 if status.state in FINAL:

@@ -28,7 +28,8 @@ def bench_queue(settings: Settings, *, turns: int, concurrency: list[int]) -> in
     from storage.db import upgrade
 
     ns = f"{settings.namespace}bench{uuid.uuid4().hex[:8]}"
-    settings = settings.model_copy(update={"namespace": ns, "engine": "echo", "stream_interval_s": 60.0})
+    settings = settings.model_copy(update={"namespace": ns, "engine": "echo", "stream_interval_s": 60.0,
+                                        "rate_limit_turns": 0})
     server = None
     url = settings.redis_url
     if not url:

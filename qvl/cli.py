@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
     worker.set_defaults(func=cmd_worker)
 
+    discord_ = sub.add_parser("discord", help="run the Discord frontend only (needs DISCORD_TOKEN, REDIS_URL)")
+    discord_.set_defaults(func=cmd_discord)
+
     chat = sub.add_parser("chat", help="one chat turn from the terminal, through the running service")
     chat.add_argument("images", nargs="*", type=Path, help="pictures to send with the question")
     chat.add_argument("--text", default="", help="the question; '-' reads standard input")
@@ -146,6 +149,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings()
     prepare(settings)
     return run_worker(settings, redis_url(settings), concurrency=args.concurrency, pool=args.pool)
+
+
+def cmd_discord(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bots.discord.bot import run
+    from qvl.settings import Settings
+
+    asyncio.run(run(Settings()))
+    return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

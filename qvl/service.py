@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 
 from qvl.errors import UserFacingError
 from qvl.queue import embedded_marker, start_embedded_redis
@@ -27,6 +29,7 @@ def up(settings: Settings) -> int:
     print(f"qvl is up: model {settings.model} ({settings.engine}), "
           f"database {_safe(settings.resolved_database_url())}, Redis {_safe(url)}")
     print("Talk to it from another terminal: qvl chat PICTURE.jpg --text 'What is in this picture?'")
+    start_frontends(settings, url)
     try:
         return run_worker(settings, url)
     finally:
@@ -44,6 +47,31 @@ def prepare(settings: Settings) -> None:
         from worker.engines.weights import resolve_model
 
         resolve_model(settings.model, cache_dir=settings.data_dir / "models")
+
+
+def start_frontends(settings: Settings, url: str) -> list[threading.Thread]:
+    """Start each configured chat frontend in a thread of its own (the worker keeps the main one)."""
+    threads = []
+    if settings.discord_token:
+        from bots.discord.bot import run as run_discord
+
+        threads.append(_in_thread("discord", run_discord(settings, redis_url=url)))
+        print("Discord frontend starting")
+    return threads
+
+
+def _in_thread(name: str, coro) -> threading.Thread:
+    def main() -> None:
+        try:
+            asyncio.run(coro)
+        except UserFacingError as exc:
+            log.error("%s frontend stopped: %s", name, exc.message)
+        except Exception:
+            log.exception("%s frontend crashed", name)
+
+    thread = threading.Thread(target=main, name=f"qvl-{name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_worker(settings: Settings, url: str, *, concurrency: int = 1, pool: str = "solo") -> int:
@@ -68,4 +96,4 @@ def _safe(url: str) -> str:
     return url
 
 
-__all__ = ["UserFacingError", "prepare", "run_worker", "up"]
+__all__ = ["prepare", "run_worker", "start_frontends", "up"]

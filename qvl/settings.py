@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
@@ -43,6 +43,20 @@ class Settings(BaseSettings):
     image_max_pixels: int = Field(50_000_000, description="largest picture accepted, in pixels")
     images_per_message: int = Field(8, ge=1, description="pictures accepted in one message")
 
+    rate_limit_turns: int = Field(10, ge=0, description="turns one user may start per window (0: no limit)")
+    rate_limit_window_s: int = Field(60, ge=1, description="the rate limit's window, in seconds")
+    fetch_timeout_s: float = Field(10.0, description="longest time to fetch a picture from a link")
+
+    discord_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("DISCORD_TOKEN", "QVL_DISCORD_TOKEN"),
+        description="the Discord bot's token; set it and `qvl up` starts the Discord frontend")
+    discord_allowed_guilds: str = Field("", description="comma-separated server ids the bot serves (empty: any)")
+    discord_allowed_channels: str = Field("", description="comma-separated channel ids it answers in (empty: any)")
+    discord_allowed_roles: str = Field("", description="comma-separated role ids a member needs (empty: none)")
+    discord_trigger: str = Field("", description="a prefix that also makes the bot answer, e.g. '!q'")
+    discord_stream: bool = Field(False, description="edit a reply as the answer is written (at most once a second)")
+    discord_queue_notice_s: float = Field(3.0, description="show the queue position after waiting this long")
+
     turn_timeout_s: int = Field(1800, description="a turn unacknowledged this long after a worker died is redone")
     stream_interval_s: float = Field(0.5, description="least time between streamed partial answers")
 
@@ -55,11 +69,18 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """Environment variables that give a child process exactly these settings."""
         env = {f"QVL_{name.upper()}": str(value) for name, value in self.model_dump().items()
-               if value is not None and name not in ("database_url", "redis_url")}
+               if value is not None and name not in ("database_url", "redis_url", "discord_token")}
+        if self.discord_token:
+            env["QVL_DISCORD_TOKEN"] = self.discord_token.get_secret_value()
         env["DATABASE_URL"] = self.resolved_database_url()
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
         return env
+
+    @staticmethod
+    def ids(value: str) -> frozenset[str]:
+        """A comma-separated list of ids as a set (empty: no restriction)."""
+        return frozenset(v.strip() for v in value.split(",") if v.strip())
 
     @property
     def queue(self) -> str:

@@ -167,3 +167,16 @@ class Job(Base):
     reply_message: Mapped[Message | None] = relationship(
         foreign_keys=[reply_message_id], lazy="joined"
     )
+
+
+class SpaceSettings(Base):
+    """Settings an admin chose for one space of a platform (a Discord server, a WeChat room)."""
+
+    __tablename__ = "space_settings"
+    __table_args__ = (UniqueConstraint("platform", "space_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    space_id: Mapped[str] = mapped_column(String(128))
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

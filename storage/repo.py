@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from storage.models import Conversation, Image, Job, Message, utcnow
+from storage.models import Conversation, Image, Job, Message, SpaceSettings, utcnow
 
 _ERROR_MAX_CHARS = 4000
 
@@ -94,6 +94,15 @@ def _message_by_platform_id(
         select(Message).where(
             Message.platform == platform, Message.platform_message_id == platform_message_id
         )
+    ).one_or_none()
+
+
+def find_turn(*, session: Session, platform: str, platform_message_id: str) -> Job | None:
+    """Return the job of the user turn recorded for this platform message, or None."""
+    return session.scalars(
+        select(Job)
+        .join(Message, Message.id == Job.message_id)
+        .where(Message.platform == platform, Message.platform_message_id == platform_message_id)
     ).one_or_none()
 
 
@@ -394,3 +403,34 @@ def conversation_for_platform_message(
         .join(Message, Message.conversation_id == Conversation.id)
         .where(Message.platform == platform, Message.platform_message_id == platform_message_id)
     ).one_or_none()
+
+
+def space_settings(*, session: Session, platform: str, space_id: str) -> dict[str, Any]:
+    """Return the settings stored for a space (empty when none were ever set)."""
+    row = session.scalars(
+        select(SpaceSettings).where(SpaceSettings.platform == platform, SpaceSettings.space_id == space_id)
+    ).one_or_none()
+    return dict(row.values) if row is not None else {}
+
+
+def update_space_settings(
+    *, session: Session, platform: str, space_id: str, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge ``changes`` into a space's settings (a None value removes a key); return them."""
+    row = session.scalars(
+        select(SpaceSettings)
+        .where(SpaceSettings.platform == platform, SpaceSettings.space_id == space_id)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        try:
+            with session.begin_nested():
+                row = SpaceSettings(platform=platform, space_id=space_id, values={})
+                session.add(row)
+        except IntegrityError:
+            return update_space_settings(session=session, platform=platform, space_id=space_id,
+                                         changes=changes)
+    values = {**row.values, **changes}
+    row.values = {k: v for k, v in values.items() if v is not None}
+    session.flush()
+    return dict(row.values)

@@ -399,3 +399,19 @@ def test_replies_to_the_bot_lead_back_to_the_conversation(session_factory: Facto
             session=session, platform="wechat", platform_message_id="bot-7"
         )
         assert missing is None
+
+
+def test_space_settings_merge_and_remove(session_factory):
+    with session_factory() as session:
+        assert repo.space_settings(session=session, platform="discord", space_id="g1") == {}
+        repo.update_space_settings(session=session, platform="discord", space_id="g1",
+                                   changes={"scope": "channel", "channels": ["1", "2"]})
+        session.commit()
+    with session_factory() as session:
+        values = repo.update_space_settings(session=session, platform="discord", space_id="g1",
+                                            changes={"channels": None})
+        session.commit()
+    assert values == {"scope": "channel"}
+    with session_factory() as session:
+        assert repo.space_settings(session=session, platform="discord", space_id="g1") == {"scope": "channel"}
+        assert repo.space_settings(session=session, platform="wechat", space_id="g1") == {}

@@ -1,0 +1,1 @@
+"""The Discord frontend: a thin discord.py adapter over the core."""

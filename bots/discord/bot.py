@@ -1,0 +1,279 @@
+"""The Discord client: events in, the core in between, replies out."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import discord
+from discord import app_commands
+
+from bots.core import Core
+from bots.discord import translate
+from bots.discord.access import allowed
+from bots.discord.translate import PLATFORM
+from bots.fetch import FetchError, fetch_image
+from bots.text import split_message
+from qvl.errors import UserFacingError
+from qvl.protocol import Accepted, IncomingMessage, Reply
+from qvl.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LIMIT = 2000  # characters in one Discord message
+SORRY = "Sorry, something went wrong. Please try again."
+
+
+class DiscordFrontend(discord.Client):
+    """A discord.py client that hands every turn to the core and posts what comes back."""
+
+    def __init__(self, settings: Settings, core: Core, **options):
+        intents = discord.Intents.default()
+        intents.message_content = True  # privileged: enable it in the developer portal
+        super().__init__(intents=intents, **options)
+        self.settings, self.core = settings, core
+        self.tree = app_commands.CommandTree(self)
+        self.placeholders: dict[int, discord.Message] = {}  # job → "queued…" / streamed message
+        self.interactions: dict[int, discord.Interaction] = {}  # job → the /ask waiting for it
+        self.threads: set[int] = set()  # threads the bot was mentioned in
+        self._delivery: asyncio.Task | None = None
+
+    async def setup_hook(self) -> None:
+        from bots.discord.slash import register
+
+        register(self)
+        self._delivery = asyncio.create_task(self._deliver_forever(), name="qvl-discord-delivery")
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s in %d server(s)", self.user, len(self.guilds))
+        for guild in self.guilds:
+            await self._sync(guild)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self._sync(guild)
+
+    async def _sync(self, guild: discord.Guild) -> None:
+        guilds = Settings.ids(self.settings.discord_allowed_guilds)
+        if guilds and str(guild.id) not in guilds:
+            return
+        self.tree.copy_global_to(guild=guild)
+        try:
+            await self.tree.sync(guild=guild)
+        except discord.HTTPException:
+            log.exception("could not sync slash commands in %s", guild.id)
+
+    async def close(self) -> None:
+        if self._delivery:
+            self._delivery.cancel()
+        await super().close()
+
+    # --- messages -------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or not await self._addressed(message):
+            return
+        try:
+            await self._answer(message)
+        except UserFacingError as exc:
+            await self._say(message, exc.message)
+        except Exception:
+            log.exception("Discord message %s failed", message.id)
+            await self._say(message, SORRY)
+
+    async def _addressed(self, message: discord.Message) -> bool:
+        """Whether the message is for the bot: a DM, a mention, the trigger, a reply to the
+        bot, or any message in a thread the bot started or was mentioned in."""
+        channel = message.channel
+        if message.guild is None:
+            return True
+        if self.user in message.mentions:
+            if isinstance(channel, discord.Thread):
+                self.threads.add(channel.id)
+            return True
+        trigger = self.settings.discord_trigger
+        if trigger and message.content.startswith(trigger):
+            return True
+        if isinstance(channel, discord.Thread) and (channel.owner_id == self.user.id or channel.id in self.threads):
+            return True
+        replied = await self._replied_message(message)
+        return replied is not None and replied.author.id == self.user.id
+
+    async def _replied_message(self, message: discord.Message) -> discord.Message | None:
+        ref = message.reference
+        if ref is None or ref.message_id is None:
+            return None
+        if isinstance(ref.resolved, discord.Message):
+            return ref.resolved
+        try:
+            return await message.channel.fetch_message(ref.message_id)
+        except discord.HTTPException:
+            return None
+
+    async def _answer(self, message: discord.Message) -> None:
+        config = await self.core.space_settings(PLATFORM, str(message.guild.id)) if message.guild else {}
+        if not allowed(self.settings, config, message.channel, message.author):
+            log.info("not answering %s in channel %s: not allowed", message.author.id, message.channel.id)
+            return
+        text = translate.question_text(message, self.user, self.settings.discord_trigger)
+        replied = await self._replied_message(message)
+        images = await self._pictures(message, replied, text)
+        scope = translate.scope_key(message.guild, message.channel, message.author.id,
+                                    config.get("scope", "user"))
+        if replied is not None and replied.author.id == self.user.id:
+            earlier = await self.core.scope_of(PLATFORM, str(replied.id))
+            if earlier and translate.may_join(earlier, message.guild, message.author.id):
+                scope = earlier  # a reply to the bot continues that conversation
+        turn = translate.incoming(channel=message.channel, user=message.author, message_id=str(message.id),
+                                  text=text, images=images, scope=scope,
+                                  reply_to=replied.id if replied else None)
+        await self._submit(turn, message=message)
+
+    async def _submit(self, turn: IncomingMessage, *, message: discord.Message | None = None,
+                      interaction: discord.Interaction | None = None) -> None:
+        result = await self.core.handle(turn)
+        if isinstance(result, Reply):
+            await self.deliver(result, message=message, interaction=interaction)
+            return
+        if result.duplicate:  # a redelivered event: the first one is being answered
+            return
+        if interaction is not None:
+            self.interactions[result.job_id] = interaction
+        channel = message.channel if message else interaction.channel
+        asyncio.create_task(self._feedback(channel, message, result))
+
+    async def _pictures(self, message: discord.Message, replied: discord.Message | None,
+                        text: str) -> tuple[bytes, ...]:
+        """Pictures attached here, in the replied-to message, and behind links in the text."""
+        attachments = [a for a in message.attachments if translate.is_picture(a)]
+        if replied is not None:
+            attachments += [a for a in replied.attachments if translate.is_picture(a)]
+        limit = self.settings.image_max_bytes
+        if any(a.size > limit for a in attachments):
+            raise UserFacingError(f"That picture is too large (the limit is {limit // 1_048_576} MB).")
+        images = [await a.read() for a in attachments]
+        for url in translate.links(text)[: self.settings.images_per_message]:
+            try:
+                images.append(await fetch_image(url, max_bytes=limit, timeout_s=self.settings.fetch_timeout_s))
+            except FetchError as exc:
+                raise UserFacingError(exc.message) from exc
+        return tuple(images)
+
+    # --- while the user waits -------------------------------------------------------
+
+    async def _feedback(self, channel: discord.abc.Messageable, message: discord.Message | None,
+                        accepted: Accepted) -> None:
+        """Typing while the turn waits or runs; the queue position when the wait is long;
+        the answer as it is written, if streaming is on (an edit at most once a second)."""
+        job = accepted.job_id
+        loop = asyncio.get_running_loop()
+        started, last_edit, shown = loop.time(), 0.0, None
+        try:
+            async with channel.typing():
+                async for status in self.core.watch(job, poll_s=1.0, changes_only=False):
+                    if status.state in ("done", "failed", "cancelled"):
+                        return
+                    waited = loop.time() - started
+                    if (status.state == "queued" and (status.position or 0) > 1
+                            and waited >= self.settings.discord_queue_notice_s):
+                        text = f"⏳ Queued: {status.position - 1} question(s) ahead of yours."
+                    elif status.state == "streaming" and self.settings.discord_stream and status.partial:
+                        text = split_message(status.partial, LIMIT - 2)[0] + " …"
+                    else:
+                        continue
+                    if text != shown and loop.time() - last_edit >= 1.0:
+                        await self._placeholder(job, channel, message, text)
+                        shown, last_edit = text, loop.time()
+        except discord.HTTPException:
+            log.warning("feedback for job %s failed", job, exc_info=True)
+
+    async def _placeholder(self, job: int, channel, message: discord.Message | None, text: str) -> None:
+        existing = self.placeholders.get(job)
+        if existing is not None:
+            await existing.edit(content=text)
+        elif message is not None:
+            self.placeholders[job] = await message.reply(text, mention_author=False)
+        else:
+            self.placeholders[job] = await channel.send(text)
+
+    # --- replies --------------------------------------------------------------------
+
+    async def _deliver_forever(self) -> None:
+        """Post every finished reply once, including those finished while offline."""
+        await self.wait_until_ready()
+        while not self.is_closed():
+            try:
+                async for reply in self.core.replies(PLATFORM):
+                    await self.deliver(reply)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Discord delivery loop failed; restarting it")
+                await asyncio.sleep(2)
+
+    async def deliver(self, reply: Reply, *, message: discord.Message | None = None,
+                      interaction: discord.Interaction | None = None) -> None:
+        """Post ``reply``: split to Discord's limit, the annotated picture attached to the
+        first part, as a reply to the asking message (or as the /ask command's answer)."""
+        if reply.job_id is not None:
+            interaction = interaction or self.interactions.pop(reply.job_id, None)
+            placeholder = self.placeholders.pop(reply.job_id, None)
+            if placeholder is not None:
+                await _quietly(placeholder.delete())
+        chunks = split_message(reply.text, LIMIT) or [""]
+        files = [discord.File(io.BytesIO(img.data), filename=img.filename) for img in reply.images]
+        try:
+            if interaction is not None:
+                first = await _followup(interaction, chunks[0], files)
+                for chunk in chunks[1:]:
+                    await interaction.followup.send(chunk)
+            else:
+                channel = self.get_channel(int(reply.chat_id)) or await self.fetch_channel(int(reply.chat_id))
+                reference = None
+                if message is not None:
+                    reference = message.to_reference(fail_if_not_exists=False)
+                elif reply.reply_to_message_id and reply.reply_to_message_id.isdigit():
+                    reference = discord.MessageReference(message_id=int(reply.reply_to_message_id),
+                                                         channel_id=channel.id, fail_if_not_exists=False)
+                first = await channel.send(chunks[0] or None, files=files, reference=reference,
+                                           mention_author=False)
+                for chunk in chunks[1:]:
+                    await channel.send(chunk)
+        except discord.HTTPException:
+            log.exception("could not post the reply of job %s to channel %s", reply.job_id, reply.chat_id)
+            return
+        if first is not None:
+            await self.core.sent(reply, str(first.id))
+
+    async def _say(self, message: discord.Message, text: str) -> None:
+        await _quietly(message.reply(text, mention_author=False))
+
+
+async def _followup(interaction: discord.Interaction, text: str, files: list[discord.File]):
+    if not interaction.response.is_done():
+        await interaction.response.send_message(text or None, files=files)
+        return await interaction.original_response()
+    return await interaction.followup.send(text or None, files=files, wait=True)
+
+
+async def _quietly(coro) -> None:
+    try:
+        await coro
+    except discord.HTTPException:
+        log.warning("Discord call failed", exc_info=True)
+
+
+async def run(settings: Settings, *, redis_url: str | None = None) -> None:
+    """Run the Discord frontend until it is closed."""
+    if settings.discord_token is None:
+        raise UserFacingError("Set DISCORD_TOKEN (or QVL_DISCORD_TOKEN) to the bot's token.")
+    core = Core(settings, redis_url_=redis_url)
+    await core.check()
+    client = DiscordFrontend(settings, core)
+    try:
+        await client.start(settings.discord_token.get_secret_value())
+    except discord.LoginFailure as exc:
+        raise UserFacingError("Discord refused the token: check DISCORD_TOKEN.") from exc
+    finally:
+        await client.close()
+        await core.close()
