@@ -17,10 +17,10 @@ class RateLimiter:
             return None
         key = f"{self.namespace}:rate:{platform}:{user_id}"
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=self.window_s, nx=True)  # (EXPIRE … NX needs Redis 7)
             pipe.incr(key)
-            pipe.expire(key, self.window_s, nx=True)
             pipe.ttl(key)
-            count, _, ttl = await pipe.execute()
+            _, count, ttl = await pipe.execute()
         if count <= self.limit:
             return None
         return max(1, int(ttl))

@@ -317,3 +317,23 @@ def test_a_frontend_sees_queued_running_streamed_text_then_done(settings_for, wo
     assert states[0] in ("queued", "running", "streaming") and states[-1] == "done"
     streamed = [s.partial for s in seen if s.state == "streaming"]
     assert streamed and all(p.startswith("thinking") for p in streamed)
+
+
+def test_rate_limit_per_user_with_a_clear_message(settings_for):
+    settings = settings_for(rate_limit_turns=2, rate_limit_window_s=60)
+
+    async def scenario():
+        core = Core(settings)
+        try:
+            results = [await core.handle(message(f"q{i}")) for i in range(3)]
+            again = await core.handle(message("q0"))
+            other = await core.handle(message("hi", user="bob"))
+        finally:
+            await core.close()
+        return results, again, other
+
+    results, again, other = run(scenario())
+    assert [type(r).__name__ for r in results] == ["Accepted", "Accepted", "Reply"]
+    assert results[2].error and "too fast" in results[2].text and "wait" in results[2].text
+    assert isinstance(again, Reply)  # still limited
+    assert isinstance(other, Accepted)  # bob has his own allowance
