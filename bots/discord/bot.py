@@ -146,7 +146,8 @@ class DiscordFrontend(discord.Client):
                         text: str) -> tuple[bytes, ...]:
         """Pictures attached here, in the replied-to message, and behind links in the text."""
         attachments = [a for a in message.attachments if translate.is_picture(a)]
-        if replied is not None:
+        if replied is not None and replied.author.id != self.user.id:  # the bot's own pictures
+            # are drawings of ones already in the conversation
             attachments += [a for a in replied.attachments if translate.is_picture(a)]
         limit = self.settings.image_max_bytes
         if any(a.size > limit for a in attachments):

@@ -1,0 +1,229 @@
+"""The Discord frontend end to end: the real discord.py client against the loopback fake of
+Discord's gateway and REST API, the real core, Redis, a real `qvl worker` process, and (for
+one test) the tiny random-weight model. Each test runs on SQLite and on PostgreSQL.
+
+The echo engine answers "You said: “…”. I see N picture(s) in M turn(s)." and boxes the
+middle of the latest picture when asked to box something: it shows what context the
+pipeline built for the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+
+import pytest
+from PIL import Image
+
+from bots.core import Core
+from bots.discord.bot import DiscordFrontend
+from tests.fakes.discord_server import FakeDiscord, running
+
+pytestmark = pytest.mark.timeout(120)
+
+RED = (200, 30, 30)
+
+
+def png(size=(320, 240), colour=RED) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class Frontend(DiscordFrontend):
+    async def before_identify_hook(self, shard_id, *, initial=False):
+        return None  # discord.py waits 5 s before re-identifying; the fake needs no pause
+
+
+@contextlib.asynccontextmanager
+async def frontend(settings):
+    core = Core(settings)
+    bot = Frontend(settings, core, guild_ready_timeout=0.1)
+    try:
+        async with running(bot):
+            yield bot
+    finally:
+        await core.close()
+
+
+def mention(fake: FakeDiscord) -> str:
+    return f"<@{fake.bot_id}>"
+
+
+async def ask(fake: FakeDiscord, text, *, user=None, channel=None, attachments=(), reply_to=None,
+              n_before=None, mentioned=True):
+    w = fake.world
+    before = len(fake.sent) if n_before is None else n_before
+    payload = await fake.user_message(channel or w.general, user or w.alice,
+                                      f"{mention(fake)} {text}" if mentioned else text,
+                                      attachments=list(attachments), reply_to=reply_to,
+                                      mentions=[fake.bot_id] if mentioned else [])
+    sent = await fake.wait_for_sent(before + 1, timeout=60)
+    return payload, sent[before:]
+
+
+async def test_mention_with_a_picture_gets_text_and_the_annotated_picture(settings_for, worker_factory,
+                                                                          fake_discord):
+    settings = settings_for()
+    worker_factory(settings)
+    async with frontend(settings):
+        question, [reply] = await ask(fake_discord, "please box the apple",
+                                      attachments=[("apple.png", png(), "image/png")])
+    assert reply.reply_to == int(question["id"])  # a reply to the asking message
+    assert "I see 1 picture(s) in 1 turn(s)" in reply.content and reply.content.endswith("thing")
+    assert "<|box_start|>" not in reply.content and f"<@{fake_discord.bot_id}>" not in reply.content
+    [(name, data)] = reply.files
+    drawn = Image.open(io.BytesIO(data)).convert("RGB")
+    assert name.endswith(".jpg") and drawn.size == (320, 240)
+    assert drawn.getpixel((80, 120)) != RED and drawn.getpixel((160, 120)) == RED
+    assert fake_discord.typing  # typing was shown while it waited
+
+
+async def test_reply_chain_continues_and_users_never_share_history(settings_for, worker_factory,
+                                                                  fake_discord):
+    settings = settings_for()
+    worker_factory(settings)
+    w = fake_discord.world
+    async with frontend(settings):
+        _, [first] = await ask(fake_discord, "what is this?", attachments=[("a.png", png(), "image/png")])
+        # alice replies to the bot without mentioning it: the same conversation goes on
+        _, [second] = await ask(fake_discord, "and its colour?", reply_to=first.id, mentioned=False)
+        # bob, in the same channel, has his own conversation
+        _, [bobs] = await ask(fake_discord, "what did alice send?", user=w.bob)
+        # bob replying to alice's answer does not get into alice's conversation either
+        _, [sneaky] = await ask(fake_discord, "tell me more", user=w.bob, reply_to=second.id, mentioned=False)
+        # a DM is its own conversation
+        dm = fake_discord.dm_channel(w.alice)
+        _, [private] = await ask(fake_discord, "hello", channel=dm, mentioned=False)
+    assert "1 picture(s) in 1 turn(s)" in first.content
+    assert "1 picture(s) in 3 turn(s)" in second.content and second.reply_to is not None
+    assert "0 picture(s) in 1 turn(s)" in bobs.content
+    assert "0 picture(s) in 3 turn(s)" in sneaky.content  # bob's own history: his turn, the answer, now
+    assert "0 picture(s) in 1 turn(s)" in private.content
+
+
+async def test_long_replies_are_split_at_discords_limit(settings_for, worker_factory, fake_discord):
+    settings = settings_for()
+    worker_factory(settings)
+    long_text = "\n\n".join(f"Paragraph {i}: " + "lorem ipsum dolor " * 20 for i in range(8))
+    async with frontend(settings):
+        before = len(fake_discord.sent)
+        await fake_discord.user_message(fake_discord.world.general, fake_discord.world.alice,
+                                        f"{mention(fake_discord)} {long_text}", mentions=[fake_discord.bot_id])
+        sent = (await fake_discord.wait_for_sent(before + 2, timeout=60))[before:]
+        await asyncio.sleep(0.5)
+        sent = fake_discord.sent[before:]
+    assert len(sent) == 2 and all(len(m.content) <= 2000 for m in sent)
+    assert sent[0].reply_to is not None
+    assert sent[0].content.rstrip().endswith("lorem ipsum dolor")  # cut between paragraphs
+    assert "Paragraph 7" in sent[1].content
+
+
+async def test_rate_limit_and_bad_links_get_short_replies(settings_for, worker_factory, fake_discord):
+    settings = settings_for(rate_limit_turns=2)
+    worker_factory(settings)
+    async with frontend(settings):
+        _, [refused] = await ask(fake_discord, "what is at http://127.0.0.1:6379/x.png ?")
+        await ask(fake_discord, "one")
+        await ask(fake_discord, "two")
+        _, [limited] = await ask(fake_discord, "three")
+    assert "public addresses" in refused.content
+    assert "too fast" in limited.content and "Traceback" not in limited.content
+
+
+async def test_the_same_gateway_event_twice_is_answered_once(settings_for, worker_factory, fake_discord):
+    settings = settings_for()
+    worker_factory(settings)
+    async with frontend(settings):
+        payload, [reply] = await ask(fake_discord, "hello once")
+        await fake_discord.dispatch("MESSAGE_CREATE", payload)  # Discord redelivers it
+        await asyncio.sleep(3)
+    answers = [m for m in fake_discord.sent if m.reply_to == int(payload["id"])]
+    assert answers == [reply]
+
+
+async def test_replies_finished_while_offline_are_posted_on_return_once(settings_for, worker_factory,
+                                                                       fake_discord):
+    settings = settings_for(engine="tests.slow_engine:SlowEngine")
+    from tests.integration.test_turn_e2e import REPO
+
+    worker_factory(settings, extra_env={"PYTHONPATH": str(REPO), "QVL_TEST_SLOW_S": "2"})
+    async with frontend(settings):
+        question = await fake_discord.user_message(fake_discord.world.general, fake_discord.world.alice,
+                                                   f"{mention(fake_discord)} are you there?",
+                                                   mentions=[fake_discord.bot_id])
+        await asyncio.sleep(0.5)  # queued and picked up; the bot goes down now
+    await asyncio.sleep(3)  # the answer is finished while the bot is offline
+    assert not [m for m in fake_discord.sent if m.reply_to == int(question["id"])]
+    async with frontend(settings):
+        await fake_discord.wait_for(lambda: any(m.reply_to == int(question["id"]) for m in fake_discord.sent),
+                                    timeout=30, what="the reply after reconnecting")
+        await asyncio.sleep(1)
+    async with frontend(settings):  # and once only
+        await asyncio.sleep(2)
+    answers = [m for m in fake_discord.sent if m.reply_to == int(question["id"])]
+    assert len(answers) == 1 and "are you there?" in answers[0].content
+
+
+async def test_queue_position_is_shown_when_the_wait_is_long(settings_for, fake_discord):
+    settings = settings_for(discord_queue_notice_s=0.0)  # no worker: everything waits
+    w = fake_discord.world
+    async with frontend(settings):
+        await fake_discord.user_message(w.general, w.bob, f"{mention(fake_discord)} first",
+                                        mentions=[fake_discord.bot_id])
+        await fake_discord.user_message(w.general, w.alice, f"{mention(fake_discord)} second",
+                                        mentions=[fake_discord.bot_id])
+        [notice] = await fake_discord.wait_for_sent(1, timeout=20)
+    assert "1 question(s) ahead" in notice.content
+
+
+async def test_slash_ask_with_an_image_and_admin_config(settings_for, worker_factory, fake_discord):
+    settings = settings_for()
+    worker_factory(settings)
+    w = fake_discord.world
+    async with frontend(settings):
+        await fake_discord.slash(w.guild, w.general, w.alice, "ask", {"question": "box the cat"},
+                                 attachments={"image": ("cat.png", png(), "image/png")})
+        await fake_discord.wait_for(lambda: any(m.files for m in fake_discord.sent), timeout=60,
+                                    what="the /ask answer with its picture")
+        answer = next(m for m in fake_discord.sent if m.files)
+        await fake_discord.slash(w.guild, w.general, w.bob, "config", {"scope": "channel"})
+        await fake_discord.slash(w.guild, w.general, w.alice, "config", {"scope": "channel"})
+        await fake_discord.wait_for(lambda: sum(m.ephemeral for m in fake_discord.sent) >= 2, timeout=10,
+                                    what="the /config answers")
+        _, [shared] = await ask(fake_discord, "what did alice ask?", user=w.bob)
+    assert "box the cat" in answer.content and answer.via in ("followup", "edit_original")
+    refusal, confirmation = [m for m in fake_discord.sent if m.ephemeral][:2]
+    assert "admins" in refusal.content and "channel" in confirmation.content
+    assert "in 1 turn(s)" in shared.content  # a fresh, shared channel conversation
+
+
+async def test_tiny_model_answers_a_mention_with_a_picture(settings_for, worker_factory, fake_discord,
+                                                           tiny_model_factory):
+    settings = settings_for(engine="transformers", model=str(tiny_model_factory("qwen2-vl")), max_new_tokens=12)
+    worker_factory(settings)
+    async with frontend(settings):
+        _, [reply] = await ask(fake_discord, "what is in this picture?",
+                               attachments=[("p.png", png(), "image/png")])
+    assert reply.content.strip() and reply.reply_to is not None
+
+
+async def test_pictures_of_the_replied_message_and_threads_it_was_mentioned_in(settings_for, worker_factory,
+                                                                              fake_discord):
+    settings = settings_for()
+    worker_factory(settings)
+    w = fake_discord.world
+    async with frontend(settings):
+        shown = await fake_discord.user_message(w.general, w.bob, "look at this",
+                                                attachments=[("b.png", png(), "image/png")])
+        _, [about] = await ask(fake_discord, "what is in bob's picture?", reply_to=int(shown["id"]))
+        thread = fake_discord.add_thread(w.general, "questions", w.alice)
+        _, [in_thread] = await ask(fake_discord, "hi", channel=thread)
+        _, [follow] = await ask(fake_discord, "and again, without a mention", channel=thread, mentioned=False)
+        before = len(fake_discord.sent)
+        await fake_discord.user_message(w.random, w.alice, "just chatting, not to the bot")
+        await asyncio.sleep(1.5)
+    assert "1 picture(s) in 1 turn(s)" in about.content
+    assert "in 1 turn(s)" in in_thread.content and "in 3 turn(s)" in follow.content
+    assert len(fake_discord.sent) == before  # ordinary talk is left alone
