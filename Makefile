@@ -9,3 +9,4 @@ lint:
 bench:
 	python3 benchmarks/grounding_draw.py
 	python3 benchmarks/queue_overhead.py
+	python3 benchmarks/discord_feedback.py

@@ -73,6 +73,8 @@ class DiscordFrontend(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or not await self._addressed(message):
             return
+        # Feedback first: typing shows before pictures are downloaded and the turn is stored.
+        asyncio.create_task(_quietly(_typing_once(message.channel)))
         try:
             await self._answer(message)
         except UserFacingError as exc:
@@ -255,6 +257,10 @@ async def _followup(interaction: discord.Interaction, text: str, files: list[dis
         await interaction.response.send_message(text or None, files=files)
         return await interaction.original_response()
     return await interaction.followup.send(text or None, files=files, wait=True)
+
+
+async def _typing_once(channel: discord.abc.Messageable) -> None:
+    await channel.typing()
 
 
 async def _quietly(coro) -> None:
