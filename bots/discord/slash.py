@@ -37,20 +37,18 @@ def register(bot: DiscordFrontend) -> None:
     @app_commands.describe(question="what you want to know", image="a picture to ask about")
     async def ask(interaction: discord.Interaction, question: str,
                   image: discord.Attachment | None = None) -> None:
+        if image is not None and not translate.is_picture(image):
+            await interaction.response.send_message(say("not_an_image", None), ephemeral=True)
+            return
+        if image is not None and image.size > bot.settings.image_max_bytes:
+            await interaction.response.send_message(
+                say("image_too_large", None, mb=bot.settings.image_max_bytes // 1_048_576), ephemeral=True)
+            return
         scope = await scope_of(interaction)
         if scope is None:
             return
-        images: tuple[bytes, ...] = ()
-        if image is not None:
-            if not translate.is_picture(image):
-                await interaction.response.send_message(say("not_an_image", None), ephemeral=True)
-                return
-            if image.size > bot.settings.image_max_bytes:
-                await interaction.response.send_message(
-                    say("image_too_large", None, mb=bot.settings.image_max_bytes // 1_048_576), ephemeral=True)
-                return
-            images = (await image.read(),)
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(thinking=True)  # within Discord's 3 s, before slow work
+        images = (await image.read(),) if image is not None else ()
         turn = translate.incoming(channel=interaction.channel, user=interaction.user,
                                   message_id=f"interaction:{interaction.id}", text=question,
                                   images=images, scope=scope)

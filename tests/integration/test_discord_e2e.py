@@ -183,6 +183,8 @@ async def test_slash_ask_with_an_image_and_admin_config(settings_for, worker_fac
     worker_factory(settings)
     w = fake_discord.world
     async with frontend(settings):
+        await fake_discord.wait_for(lambda: fake_discord.commands.get(w.guild), timeout=10,
+                                    what="slash commands synced to the server")
         await fake_discord.slash(w.guild, w.general, w.alice, "ask", {"question": "box the cat"},
                                  attachments={"image": ("cat.png", png(), "image/png")})
         await fake_discord.wait_for(lambda: any(m.files for m in fake_discord.sent), timeout=60,
@@ -227,3 +229,37 @@ async def test_pictures_of_the_replied_message_and_threads_it_was_mentioned_in(s
     assert "1 picture(s) in 1 turn(s)" in about.content
     assert "in 1 turn(s)" in in_thread.content and "in 3 turn(s)" in follow.content
     assert len(fake_discord.sent) == before  # ordinary talk is left alone
+
+
+async def test_streamed_answer_is_edited_in_place_then_replaced_by_the_reply(settings_for, worker_factory,
+                                                                            fake_discord):
+    settings = settings_for(engine="tests.slow_engine:SlowEngine", discord_stream=True, stream_interval_s=0.1)
+    from tests.integration.test_turn_e2e import REPO
+
+    worker_factory(settings, extra_env={"PYTHONPATH": str(REPO), "QVL_TEST_SLOW_S": "3"})
+    async with frontend(settings):
+        question, sent = await ask(fake_discord, "think about it")
+        await fake_discord.wait_for(lambda: any("think about it" in m.content for m in fake_discord.sent),
+                                    timeout=30, what="the final reply")
+    streamed = sent[0]
+    assert streamed.content.startswith("thinking") and streamed.reply_to == int(question["id"])
+    assert [e for e in fake_discord.edits if e.message_id == streamed.id]  # edited as it grew
+    assert any(d[1] == streamed.id for d in fake_discord.deleted)  # replaced by the real reply
+    final = [m for m in fake_discord.sent if "think about it" in m.content]
+    assert len(final) == 1 and final[0].reply_to == int(question["id"])
+
+
+async def test_allowed_channels_and_roles(settings_for, worker_factory, fake_discord):
+    w = fake_discord.world
+    settings = settings_for(discord_allowed_channels=str(w.random), discord_allowed_roles=str(w.admin_role))
+    worker_factory(settings)
+    async with frontend(settings):
+        before = len(fake_discord.sent)
+        await fake_discord.user_message(w.general, w.alice, f"{mention(fake_discord)} here?",
+                                        mentions=[fake_discord.bot_id])
+        await fake_discord.user_message(w.random, w.bob, f"{mention(fake_discord)} I lack the role",
+                                        mentions=[fake_discord.bot_id])
+        await asyncio.sleep(1.5)
+        assert len(fake_discord.sent) == before  # wrong channel; missing role
+        _, [answer] = await ask(fake_discord, "and here?", channel=w.random)
+    assert "and here?" in answer.content
