@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     discord_ = sub.add_parser("discord", help="run the Discord frontend only (needs DISCORD_TOKEN, REDIS_URL)")
     discord_.set_defaults(func=cmd_discord)
 
+    wechat = sub.add_parser("wechat", help="run the WeChat frontend only (needs WECHATY_PUPPET_SERVICE_ENDPOINT)")
+    wechat.set_defaults(func=cmd_wechat)
+
     chat = sub.add_parser("chat", help="one chat turn from the terminal, through the running service")
     chat.add_argument("images", nargs="*", type=Path, help="pictures to send with the question")
     chat.add_argument("--text", default="", help="the question; '-' reads standard input")
@@ -155,6 +158,16 @@ def cmd_discord(args: argparse.Namespace) -> int:
     import asyncio
 
     from bots.discord.bot import run
+    from qvl.settings import Settings
+
+    asyncio.run(run(Settings()))
+    return 0
+
+
+def cmd_wechat(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bots.wechat.bot import run
     from qvl.settings import Settings
 
     asyncio.run(run(Settings()))

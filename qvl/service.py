@@ -57,6 +57,11 @@ def start_frontends(settings: Settings, url: str) -> list[threading.Thread]:
 
         threads.append(_in_thread("discord", run_discord(settings, redis_url=url)))
         print("Discord frontend starting")
+    if settings.wechat_endpoint:
+        from bots.wechat.bot import run as run_wechat
+
+        threads.append(_in_thread("wechat", run_wechat(settings, redis_url=url)))
+        print("WeChat frontend starting")
     return threads
 
 

@@ -57,6 +57,19 @@ class Settings(BaseSettings):
     discord_stream: bool = Field(False, description="edit a reply as the answer is written (at most once a second)")
     discord_queue_notice_s: float = Field(3.0, description="show the queue position after waiting this long")
 
+    wechat_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("WECHATY_PUPPET_SERVICE_ENDPOINT", "QVL_WECHAT_ENDPOINT"),
+        description="host:port of the Wechaty puppet service; set it and `qvl up` starts WeChat")
+    wechat_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("WECHATY_PUPPET_SERVICE_TOKEN", "QVL_WECHAT_TOKEN"),
+        description="the puppet service's token")
+    wechat_trigger: str = Field("", description="a prefix that also makes the bot answer in rooms, e.g. '/q'")
+    wechat_private: bool = Field(True, description="answer every message in private chats")
+    wechat_rooms: str = Field("", description="comma-separated room ids the bot serves (empty: any)")
+    wechat_admins: str = Field("", description="comma-separated contact ids allowed admin commands")
+    wechat_scope: str = Field("user", description="user (per user in a room) or room (shared)")
+    wechat_picture_window_s: float = Field(180, description="a picture joins its sender's next question within this")
+
     turn_timeout_s: int = Field(1800, description="a turn unacknowledged this long after a worker died is redone")
     stream_interval_s: float = Field(0.5, description="least time between streamed partial answers")
 
@@ -69,9 +82,11 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """Environment variables that give a child process exactly these settings."""
         env = {f"QVL_{name.upper()}": str(value) for name, value in self.model_dump().items()
-               if value is not None and name not in ("database_url", "redis_url", "discord_token")}
-        if self.discord_token:
-            env["QVL_DISCORD_TOKEN"] = self.discord_token.get_secret_value()
+               if value is not None and name not in ("database_url", "redis_url", "discord_token", "wechat_token")}
+        for name in ("discord_token", "wechat_token"):
+            secret = getattr(self, name)
+            if secret is not None:
+                env[f"QVL_{name.upper()}"] = secret.get_secret_value()
         env["DATABASE_URL"] = self.resolved_database_url()
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url

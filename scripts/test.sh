@@ -27,6 +27,6 @@ fi
 
 # torch first and pinned: on CPU machines this is the CPU build; anything looser pulls CUDA wheels.
 python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e '.[test]'
+python3 -m pip install -q -e '.[test,wechat]'
 
 exec python3 -m pytest "$@"
