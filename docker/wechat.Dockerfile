@@ -13,4 +13,6 @@ COPY storage storage
 # torch is a dependency of the package; the CPU build keeps this image small.
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir '.[wechat]'
+HEALTHCHECK --interval=30s --timeout=10s \
+  CMD python -c "import os, redis; redis.Redis.from_url(os.environ['REDIS_URL']).ping()" || exit 1
 CMD ["qvl", "wechat"]

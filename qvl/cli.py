@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     db_up = db.add_parser("upgrade", help="apply the migrations (qvl up does this by itself)")
     db_up.set_defaults(func=cmd_db_upgrade)
 
+    models = sub.add_parser("models", help="the models qvl knows: engine, box format, memory, source")
+    models.set_defaults(func=cmd_models)
+
     model = sub.add_parser("model", help="model weights").add_subparsers(metavar="ACTION")
     tiny = model.add_parser("make-tiny", help="write a tiny random-weight model to smoke-test without a GPU")
     tiny.add_argument("directory", type=Path)
@@ -201,6 +204,18 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     path = make_tiny(args.directory, args.family)
     print(f"wrote a tiny random-weight {args.family} model to {path}")
     print(f"use it: QVL_MODEL={path} qvl up")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from qvl.models import table
+    from qvl.settings import Settings
+    from worker.engines import engine_and_family
+
+    settings = Settings()
+    print(table())
+    engine, family = engine_and_family(settings)
+    print(f"\nin force: QVL_MODEL={settings.model} → engine {engine}, family {family or '(from the model)'}")
     return 0
 
 

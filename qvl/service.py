@@ -26,7 +26,7 @@ def up(settings: Settings) -> int:
     url = settings.redis_url
     if not url:
         server, url = start_embedded_redis(settings)
-    print(f"qvl is up: model {settings.model} ({settings.engine}), "
+    print(f"qvl is up: model {settings.model}, "
           f"database {_safe(settings.resolved_database_url())}, Redis {_safe(url)}")
     print("Talk to it from another terminal: qvl chat PICTURE.jpg --text 'What is in this picture?'")
     start_frontends(settings, url)
@@ -43,7 +43,9 @@ def prepare(settings: Settings) -> None:
     from storage.db import upgrade
 
     upgrade(settings.resolved_database_url())
-    if settings.engine == "transformers":
+    from worker.engines import engine_and_family
+
+    if engine_and_family(settings)[0] == "transformers":
         from worker.engines.weights import resolve_model
 
         resolve_model(settings.model, cache_dir=settings.data_dir / "models")

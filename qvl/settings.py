@@ -29,9 +29,13 @@ class Settings(BaseSettings):
     namespace: str = Field("qvl", description="prefix of queue names and Redis keys (several deployments on one Redis)")
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face id, modelscope:ORG/NAME, or a local directory")
-    engine: str = Field("transformers", description="transformers | echo | module:Class")
+    engine: str = Field("auto", description="auto (from the model) | transformers | openai | echo | module:Class")
     family: str | None = Field(None, description="qwen-vl | qwen2-vl | qwen2.5-vl | qwen3-vl; default: from the model")
     device: str = Field("auto", description="torch device for the transformers engine")
+    openai_base_url: str | None = Field(None, description="an OpenAI-compatible server, e.g. http://vllm:8000/v1")
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("QVL_OPENAI_API_KEY", "OPENAI_API_KEY", "DASHSCOPE_API_KEY"),
+        description="the server's API key (DashScope's for qwen-vl-plus / qwen-vl-max)")
     max_new_tokens: int = Field(512, ge=1, description="longest answer, in tokens")
     system_prompt: str = Field("You are a helpful assistant.", description="the system turn")
 
@@ -82,8 +86,9 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """Environment variables that give a child process exactly these settings."""
         env = {f"QVL_{name.upper()}": str(value) for name, value in self.model_dump().items()
-               if value is not None and name not in ("database_url", "redis_url", "discord_token", "wechat_token")}
-        for name in ("discord_token", "wechat_token"):
+               if value is not None and name not in ("database_url", "redis_url", "discord_token", "wechat_token",
+                                                     "openai_api_key")}
+        for name in ("discord_token", "wechat_token", "openai_api_key"):
             secret = getattr(self, name)
             if secret is not None:
                 env[f"QVL_{name.upper()}"] = secret.get_secret_value()

@@ -37,6 +37,9 @@ class Runtime:
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
         self.limits = Limits(settings.image_max_bytes, settings.image_max_pixels)
+        from worker.engines import engine_and_family
+
+        self.engine_label = f"{engine_and_family(settings)[0]}:{settings.model}"[:64]
 
     @property
     def engine(self) -> Engine:
@@ -56,7 +59,7 @@ def run(job_id: int, rt: Runtime) -> str:
     Two short transactions: start + read the context; store the answer + finish.
     """
     with rt.sessions() as session:
-        job = repo.start_job(session=session, job_id=job_id, engine=rt.settings.engine)
+        job = repo.start_job(session=session, job_id=job_id, engine=rt.engine_label)
         if job is None:
             session.commit()
             log.info("job %s already finished; skipping", job_id)
