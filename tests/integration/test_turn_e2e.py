@@ -337,3 +337,36 @@ def test_rate_limit_per_user_with_a_clear_message(settings_for):
     assert results[2].error and "too fast" in results[2].text and "wait" in results[2].text
     assert isinstance(again, Reply)  # still limited
     assert isinstance(other, Accepted)  # bob has his own allowance
+
+
+def test_openai_compatible_server_end_to_end_with_qwen25_boxes(settings_for, worker_factory):
+    """A worker on QVL_ENGINE=openai against a loopback chat-completions server that answers
+    in Qwen2.5-VL's JSON boxes: the reply carries the cleaned text and the drawn picture."""
+    from tests.integration.test_openai_engine import FakeServer
+
+    server = FakeServer()
+    # 320x240 → smart_resize → 336x252: the middle half in the model's input pixels
+    answer = ['Here:\n```json\n[{"bbox_2d": [84, 63, 252, 189], ', '"label": "apple"}]\n```']
+    server.script = [(200, {}, answer)]
+    try:
+        settings = settings_for(engine="openai", model="Qwen/Qwen2.5-VL-7B-Instruct",
+                                openai_base_url=server.url, openai_api_key="sk-test")
+        worker_factory(settings)
+
+        async def scenario():
+            core = Core(settings)
+            try:
+                return await ask(core, message("box the apple", [picture()]))
+            finally:
+                await core.close()
+
+        reply = run(scenario())
+    finally:
+        server.close()
+    assert not reply.error and reply.text == "Here:\napple"
+    [sent] = server.requests
+    assert sent["json"]["model"] == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert sent["headers"]["Authorization"] == "Bearer sk-test"
+    [drawn] = reply.images
+    image = Image.open(io.BytesIO(drawn.data)).convert("RGB")
+    assert image.getpixel((80, 120)) != (200, 40, 40) and image.getpixel((160, 120)) == (200, 40, 40)
