@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 from PIL import Image, UnidentifiedImageError
@@ -241,6 +241,20 @@ class Core:
         """Every finished turn of ``platform``, each yielded once across all processes
         (see :meth:`Delivery.replies`)."""
         return self.delivery.replies(platform, sweep_s=sweep_s)
+
+    async def serve_replies(self, platform: str, send: Callable[[Reply], Awaitable[None]]) -> None:
+        """Hand every finished reply of ``platform`` to ``send``, once each, for good: the
+        delivery loop of a frontend (cancel the task to stop it). A failure is logged and
+        the loop starts again; the replies it had not claimed stay in the backlog."""
+        while True:
+            try:
+                async for reply in self.replies(platform):
+                    await send(reply)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s delivery loop failed; restarting it", platform)
+                await asyncio.sleep(2)
 
     async def take_reply(self, job_id: int) -> Reply | None:
         """Claim the reply of one finished turn; None if unfinished or already delivered."""

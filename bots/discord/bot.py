@@ -204,15 +204,7 @@ class DiscordFrontend(discord.Client):
     async def _deliver_forever(self) -> None:
         """Post every finished reply once, including those finished while offline."""
         await self.wait_until_ready()
-        while not self.is_closed():
-            try:
-                async for reply in self.core.replies(PLATFORM):
-                    await self.deliver(reply)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("Discord delivery loop failed; restarting it")
-                await asyncio.sleep(2)
+        await self.core.serve_replies(PLATFORM, self.deliver)
 
     async def deliver(self, reply: Reply, *, message: discord.Message | None = None,
                       interaction: discord.Interaction | None = None) -> None:

@@ -161,15 +161,7 @@ class WechatFrontend(Wechaty):
 
     async def _deliver_forever(self) -> None:
         """Say every finished reply once, including those finished while disconnected."""
-        while True:
-            try:
-                async for reply in self.core.replies(PLATFORM):
-                    await self.deliver(reply)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("WeChat delivery loop failed; restarting it")
-                await asyncio.sleep(2)
+        await self.core.serve_replies(PLATFORM, self.deliver)
 
     async def deliver(self, reply: Reply) -> None:
         """Say ``reply``: in rooms @-mentioning the asker, split to WeChat's length, then the
