@@ -71,19 +71,22 @@ class DiscordFrontend(discord.Client):
     # --- messages -------------------------------------------------------------------
 
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot or not await self._addressed(message):
+        if message.author.bot:
+            return
+        replied = await self._replied_message(message)  # fetched once: both steps need it
+        if not await self._addressed(message, replied):
             return
         # Feedback first: typing shows before pictures are downloaded and the turn is stored.
         asyncio.create_task(_quietly(_typing_once(message.channel)))
         try:
-            await self._answer(message)
+            await self._answer(message, replied)
         except UserFacingError as exc:
             await self._say(message, exc.message)
         except Exception:
             log.exception("Discord message %s failed", message.id)
             await self._say(message, SORRY)
 
-    async def _addressed(self, message: discord.Message) -> bool:
+    async def _addressed(self, message: discord.Message, replied: discord.Message | None) -> bool:
         """Whether the message is for the bot: a DM, a mention, the trigger, a reply to the
         bot, or any message in a thread the bot started or was mentioned in."""
         channel = message.channel
@@ -98,7 +101,6 @@ class DiscordFrontend(discord.Client):
             return True
         if isinstance(channel, discord.Thread) and (channel.owner_id == self.user.id or channel.id in self.threads):
             return True
-        replied = await self._replied_message(message)
         return replied is not None and replied.author.id == self.user.id
 
     async def _replied_message(self, message: discord.Message) -> discord.Message | None:
@@ -112,13 +114,12 @@ class DiscordFrontend(discord.Client):
         except discord.HTTPException:
             return None
 
-    async def _answer(self, message: discord.Message) -> None:
+    async def _answer(self, message: discord.Message, replied: discord.Message | None) -> None:
         config = await self.core.space_settings(PLATFORM, str(message.guild.id)) if message.guild else {}
         if not allowed(self.settings, config, message.channel, message.author):
             log.info("not answering %s in channel %s: not allowed", message.author.id, message.channel.id)
             return
         text = translate.question_text(message, self.user, self.settings.discord_trigger)
-        replied = await self._replied_message(message)
         images = await self._pictures(message, replied, text)
         scope = translate.scope_key(message.guild, message.channel, message.author.id,
                                     config.get("scope", "user"))
