@@ -103,12 +103,12 @@ class Core:
         if wait is not None:
             log.info("rate limit: %s/%s must wait %ss", msg.platform, msg.user_id, wait)
             return self._reply_to(msg, say("rate_limited", msg.language, s=wait), error=True)
-        problem = _check_images(msg.images, self.settings.image_max_bytes)
+        sniffed, problem = _inspect_images(msg.images, self.settings.image_max_bytes)
         if problem:
             log.info("refused a picture from %s/%s: %s", msg.platform, msg.user_id, problem)
             return self._reply_to(msg, say(problem, msg.language,
                                            mb=self.settings.image_max_bytes // 1_048_576), error=True)
-        job_id, created = await asyncio.to_thread(self._persist, msg)
+        job_id, created = await asyncio.to_thread(self._persist, msg, sniffed)
         if created:
             try:
                 await asyncio.to_thread(self._enqueue, job_id)
@@ -133,11 +133,10 @@ class Core:
             repo.reset_conversation(session=session, conversation=conversation)
             session.commit()
 
-    def _persist(self, msg: IncomingMessage) -> tuple[int, bool]:
+    def _persist(self, msg: IncomingMessage, sniffed: list[tuple[str, int, int]]) -> tuple[int, bool]:
         parts: list[dict] = []
         with self.sessions() as session:
-            for data in msg.images:
-                mime, width, height = _sniff(data)  # checked by _check_images
+            for data, (mime, width, height) in zip(msg.images, sniffed, strict=True):
                 image = repo.put_image(session=session, data=data, mime=mime, width=width, height=height)
                 parts.append({"type": "image", "sha256": image.sha256})
             if msg.text.strip():
@@ -265,14 +264,18 @@ class Core:
         await self.delivery.sent(reply, platform_message_id)
 
 
-def _check_images(images: tuple[bytes, ...], max_bytes: int) -> str | None:
-    """The message key of the first problem a picture has on its face, or None."""
+def _inspect_images(images: tuple[bytes, ...], max_bytes: int) -> tuple[list[tuple[str, int, int]], str | None]:
+    """(MIME type, width, height) of each picture from its header, and the message key of
+    the first problem one has on its face (None if none has)."""
+    sniffed = []
     for data in images:
         if len(data) > max_bytes:
-            return "image_too_large"
-        if _sniff(data) is None:
-            return "not_an_image"
-    return None
+            return sniffed, "image_too_large"
+        found = _sniff(data)
+        if found is None:
+            return sniffed, "not_an_image"
+        sniffed.append(found)
+    return sniffed, None
 
 
 def _sniff(data: bytes) -> tuple[str, int, int] | None:
