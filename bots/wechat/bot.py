@@ -110,10 +110,11 @@ class WechatFrontend(Wechaty):
             picture = self.pictures.last_of(room_id or "dm", quoted_name)
             if picture is not None:
                 images = (picture, *images)
-        config = await self.core.space_settings(PLATFORM, room_id) if room_id else {}
-        if text.split(maxsplit=1)[:1] and text.split(maxsplit=1)[0] in SCOPE_COMMANDS and room_id:
+        words = text.split(maxsplit=1)
+        if room_id and words and words[0] in SCOPE_COMMANDS:
             await self._scope_command(msg, room_id, user, text)
             return
+        config = await self.core.space_settings(PLATFORM, room_id) if room_id else {}
         scope = scope_key(room_id, user, config.get("scope", self.settings.wechat_scope))
         turn = incoming(room_id=room_id, user_id=user, user_name=talker.name, message_id=msg.message_id,
                         text=text, images=images, scope=scope)
