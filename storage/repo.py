@@ -129,10 +129,8 @@ def add_user_turn(
     its job and ``created=False`` (race-safe). Raises ``ValueError`` for malformed parts.
     """
     parts = _check_parts(parts)
-    if platform_message_id is not None:
-        found = _message_by_platform_id(session, platform, platform_message_id)
-        if found is not None:
-            return found, _job_for_message(session, found.id), False
+    # No look-up first: callers check with find_turn before counting a turn, and the unique
+    # constraint below settles both a redelivery and a race in one place.
     now = utcnow()
     message = Message(
         conversation_id=conversation.id,
