@@ -38,6 +38,7 @@ class DiscordFrontend(discord.Client):
         self.interactions: dict[int, discord.Interaction] = {}  # job → the /ask waiting for it
         self.threads: set[int] = set()  # threads the bot was mentioned in
         self._delivery: asyncio.Task | None = None
+        self._feedbacks: set[asyncio.Task] = set()  # one per waiting turn; ended by close()
 
     async def setup_hook(self) -> None:
         from bots.discord.slash import register
@@ -64,8 +65,11 @@ class DiscordFrontend(discord.Client):
             log.exception("could not sync slash commands in %s", guild.id)
 
     async def close(self) -> None:
-        if self._delivery:
-            self._delivery.cancel()
+        tasks = [t for t in (self._delivery, *self._feedbacks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # bounded: shutting down must not wait on a stuck connection
+            await asyncio.wait(tasks, timeout=5)
         await super().close()
 
     # --- messages -------------------------------------------------------------------
@@ -143,7 +147,9 @@ class DiscordFrontend(discord.Client):
         if interaction is not None:
             self.interactions[result.job_id] = interaction
         channel = message.channel if message else interaction.channel
-        asyncio.create_task(self._feedback(channel, message, result))
+        task = asyncio.create_task(self._feedback(channel, message, result))
+        self._feedbacks.add(task)
+        task.add_done_callback(self._feedbacks.discard)
 
     async def _pictures(self, message: discord.Message, replied: discord.Message | None,
                         text: str) -> tuple[bytes, ...]:
@@ -175,7 +181,7 @@ class DiscordFrontend(discord.Client):
         try:
             async with channel.typing():
                 async for status in self.core.watch(job, poll_s=1.0, changes_only=False):
-                    if status.state in ("done", "failed", "cancelled"):
+                    if status.state in ("done", "failed", "cancelled") or self.is_closed():
                         return
                     waited = loop.time() - started
                     if (status.state == "queued" and (status.position or 0) > 1
