@@ -220,11 +220,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_model_download(args: argparse.Namespace) -> int:
+    from qvl.models import infer
     from qvl.settings import Settings
+    from worker.engines.remote_code import UntrustedCode, pinned_revision
     from worker.engines.weights import resolve_model
 
-    path = resolve_model(args.model, cache_dir=Settings().data_dir / "models")
-    print(f"{args.model} is at {path}")
+    settings = Settings()
+    revision = None
+    if infer(args.model)[0] == "qwen-vl":  # its code runs only at the trusted revision: fetch that one
+        try:
+            revision = pinned_revision(args.model, settings.qwen_vl_trusted)
+        except UntrustedCode:
+            print(f"note: {args.model} is not on QVL_QWEN_VL_TRUSTED; fetching the latest revision, "
+                  "which the qwen-vl engine will refuse to run until you add it", file=sys.stderr)
+    path = resolve_model(args.model, cache_dir=settings.data_dir / "models", revision=revision)
+    print(f"{args.model}{'@' + revision if revision else ''} is at {path}")
     print(f"use it: QVL_MODEL={args.model} qvl up   (or QVL_MODEL={path})")
     return 0
 

@@ -39,16 +39,13 @@ def up(settings: Settings) -> int:
 
 
 def prepare(settings: Settings) -> None:
-    """Migrate the database and make sure the model's weights are at hand."""
+    """Migrate the database; check the model can run here and its weights are at hand."""
     from storage.db import upgrade
 
     upgrade(settings.resolved_database_url())
-    from worker.engines import engine_and_family
+    from worker.engines import fetch_model
 
-    if engine_and_family(settings)[0] == "transformers":
-        from worker.engines.weights import resolve_model
-
-        resolve_model(settings.model, cache_dir=settings.data_dir / "models")
+    fetch_model(settings)
 
 
 def start_frontends(settings: Settings, url: str) -> list[threading.Thread]:

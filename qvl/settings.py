@@ -12,6 +12,14 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+# Qwen-VL-Chat's own code may run only at these revisions (the Hugging Face commits
+# and ModelScope tags its users pin); see worker/engines/remote_code.py.
+QWEN_VL_TRUSTED = ",".join((
+    "Qwen/Qwen-VL-Chat@f57cfbd358cb56b710d963669ad1bcfb44cdcdd8",
+    "Qwen/Qwen-VL-Chat-Int4@cbe5f4e5a742f3019d084e0d53861f72b4e60350",
+    "modelscope:qwen/Qwen-VL-Chat@v1.1.0",
+    "modelscope:qwen/Qwen-VL-Chat-Int4@v1.0.0",
+))
 
 
 class Settings(BaseSettings):
@@ -29,9 +37,14 @@ class Settings(BaseSettings):
     namespace: str = Field("qvl", description="prefix of queue names and Redis keys (several deployments on one Redis)")
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face id, modelscope:ORG/NAME, or a local directory")
-    engine: str = Field("auto", description="auto (from the model) | transformers | openai | echo | module:Class")
+    engine: str = Field("auto", description="auto (from the model) | transformers | qwen-vl | openai | echo | module:Class")
     family: str | None = Field(None, description="qwen-vl | qwen2-vl | qwen2.5-vl | qwen3-vl; default: from the model")
-    device: str = Field("auto", description="torch device for the transformers engine")
+    device: str = Field("auto", description="torch device for the transformers and qwen-vl engines")
+    quantize: str = Field("none", description="none | nf4: load the qwen-vl engine's model in 4-bit NF4 "
+                                              "(bitsandbytes, as Qwen-VL-Chat's card sets it up)")
+    qwen_vl_trusted: str = Field(
+        QWEN_VL_TRUSTED, description="comma-separated ORG/NAME@REVISION or sha256:DIGEST whose own code "
+                                     "(trust_remote_code) the qwen-vl engine may run")
     openai_base_url: str | None = Field(None, description="an OpenAI-compatible server, e.g. http://vllm:8000/v1")
     openai_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("QVL_OPENAI_API_KEY", "OPENAI_API_KEY", "DASHSCOPE_API_KEY"),

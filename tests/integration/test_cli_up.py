@@ -114,3 +114,35 @@ def test_db_upgrade_migrates_the_configured_database(tmp_path):
 
     assert run.returncode == 0 and f"revision {head_revision()}" in run.stdout
     assert (tmp_path / "x.sqlite3").is_file()
+
+
+def test_up_refuses_qwen_vl_code_off_the_allowlist_before_fetching(tmp_path):
+    run = qvl("up", env=env_for(tmp_path / "data", QVL_MODEL="someone/Qwen-VL-Chat-finetune"), cwd=tmp_path)
+    message = run.stderr + run.stdout
+    assert run.returncode == 1, message
+    assert "trust_remote_code" in message and "someone/Qwen-VL-Chat-finetune@REVISION" in message
+    assert "Traceback" not in message and not (tmp_path / "data" / "models").exists()
+
+
+def test_up_checks_a_local_qwen_vl_then_the_transformers_version(tmp_path):
+    import json
+
+    import transformers
+
+    from worker.engines.remote_code import code_digest
+
+    model = tmp_path / "qwen-vl"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen", "visual": {"image_size": 448}}))
+    (model / "modeling_qwen.py").write_text("raise SystemExit('this code must not run')\n")
+    untrusted = qvl("up", env=env_for(tmp_path / "data", QVL_MODEL=str(model)), cwd=tmp_path)
+    assert untrusted.returncode == 1
+    assert f"sha256:{code_digest(model)}" in untrusted.stderr + untrusted.stdout
+
+    trusted = env_for(tmp_path / "data", QVL_MODEL=str(model), QVL_QWEN_VL_TRUSTED=f"sha256:{code_digest(model)}")
+    run = qvl("up", env=trusted, cwd=tmp_path)
+    message = run.stderr + run.stdout
+    assert run.returncode == 1 and "Traceback" not in message
+    # CI installs transformers 5, which Qwen-VL-Chat's code cannot run on: start-up says so.
+    assert f"does not run on transformers {transformers.__version__}" in message
+    assert "4.53.3" in message and "ready." not in message

@@ -89,19 +89,20 @@ def test_modelscope_without_the_package_says_how_to_install_it(monkeypatch, mode
 def test_modelscope_ids_go_to_modelscope(monkeypatch, tmp_path: Path) -> None:
     asked: list[tuple] = []
 
-    def snapshot_download(model_id, cache_dir=None):
-        asked.append((model_id, cache_dir))
+    def snapshot_download(model_id, revision=None, cache_dir=None):  # modelscope's own signature
+        asked.append((model_id, revision, cache_dir))
         return str(tmp_path)
 
     fake = types.ModuleType("modelscope")
     fake.snapshot_download = snapshot_download
     monkeypatch.setitem(sys.modules, "modelscope", fake)
     assert resolve_model("ms://qwen/Qwen2-VL-2B-Instruct", cache_dir=tmp_path) == tmp_path
-    assert asked == [("qwen/Qwen2-VL-2B-Instruct", str(tmp_path))]
+    assert resolve_model("modelscope:qwen/Qwen-VL-Chat", revision="v1.1.0") == tmp_path
+    assert asked == [("qwen/Qwen2-VL-2B-Instruct", None, str(tmp_path)), ("qwen/Qwen-VL-Chat", "v1.1.0", None)]
 
 
 def test_a_modelscope_failure_is_model_unavailable(monkeypatch) -> None:
-    def snapshot_download(model_id, cache_dir=None):
+    def snapshot_download(model_id, revision=None, cache_dir=None):
         raise ConnectionError("no route to host\nmore detail")
 
     fake = types.ModuleType("modelscope")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+from pathlib import Path
 
 from qvl.errors import UserFacingError
 from qvl.settings import Settings
@@ -24,6 +26,43 @@ def engine_and_family(settings: Settings) -> tuple[str, str | None]:
     return engine or "transformers", settings.family or family
 
 
+def fetch_model(settings: Settings) -> Path | None:
+    """Check that this environment can run the model, then find or fetch its weights.
+
+    Cheap checks first (the remote-code allowlist, the transformers version), so a
+    worker that cannot serve fails at start-up, never halfway through a turn. Returns
+    the weights' directory, or None for engines that need none here. Raises
+    :class:`UserFacingError` (including ``ModelUnavailable``) with what to do.
+    """
+    kind, _ = engine_and_family(settings)
+    if kind not in ("transformers", "qwen-vl"):
+        return None
+    from worker.engines import remote_code
+    from worker.engines.weights import is_local, resolve_model
+
+    cache = settings.data_dir / "models"
+    if kind == "transformers":
+        _require_transformers_5()
+        return resolve_model(settings.model, cache_dir=cache)
+    if is_local(settings.model):
+        path = resolve_model(settings.model)
+        remote_code.check_directory(path, settings.qwen_vl_trusted)
+        remote_code.check_transformers()
+        return path
+    revision = remote_code.pinned_revision(settings.model, settings.qwen_vl_trusted)
+    remote_code.check_transformers()
+    return resolve_model(settings.model, cache_dir=cache, revision=revision)
+
+
+def _require_transformers_5() -> None:
+    version = importlib.metadata.version("transformers")
+    if int(version.split(".")[0]) < 5:
+        raise UserFacingError(
+            f"The transformers engine needs transformers 5 (this environment has {version}, perhaps from the "
+            "qwen-vl extra, which pins the old release Qwen-VL-Chat's code needs). Run Qwen2/2.5/3-VL workers "
+            "in an environment installed without that extra.")
+
+
 def load_engine(settings: Settings) -> Engine:
     """Build the engine the settings name; loads the model (slow: call it lazily).
 
@@ -35,10 +74,9 @@ def load_engine(settings: Settings) -> Engine:
 
         return EchoEngine(family=family or "qwen2-vl")
     if kind == "transformers":
+        path = fetch_model(settings)
         from worker.engines.transformers_engine import TransformersEngine
-        from worker.engines.weights import resolve_model
 
-        path = resolve_model(settings.model, cache_dir=settings.data_dir / "models")
         return TransformersEngine(path, family=family, device=settings.device)
     if kind == "openai":
         from worker.engines.openai_engine import OpenAIEngine
@@ -49,12 +87,13 @@ def load_engine(settings: Settings) -> Engine:
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         return OpenAIEngine(base, settings.model, family=family or "qwen2.5-vl", api_key=key)
     if kind == "qwen-vl":
-        raise UserFacingError(
-            "Qwen-VL-Chat's own engine is not in this release yet. Serve the model with vLLM <= 0.23 "
-            "(--trust-remote-code --hf-overrides '{\"architectures\": [\"QwenVLForConditionalGeneration\"]}') "
-            "and set QVL_ENGINE=openai QVL_OPENAI_BASE_URL=http://HOST:8000/v1 QVL_FAMILY=qwen-vl.")
+        path = fetch_model(settings)
+        from worker.engines.qwen_vl_engine import QwenVLEngine
+
+        return QwenVLEngine(path, image_dir=settings.data_dir / "qwen-vl-pictures", device=settings.device,
+                            quantize=settings.quantize, system=settings.system_prompt)
     if ":" in kind:  # an operator's own engine: "package.module:ClassName"
         module, _, attr = kind.partition(":")
         cls = getattr(importlib.import_module(module), attr)
         return cls(settings)
-    raise UserFacingError(f"unknown engine {kind!r}: use auto, transformers, openai, echo or module:Class")
+    raise UserFacingError(f"unknown engine {kind!r}: use auto, transformers, qwen-vl, openai, echo or module:Class")

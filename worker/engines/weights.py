@@ -60,12 +60,18 @@ def _unusable_dir(path: str, reason: str) -> ModelUnavailable:
     )
 
 
-def resolve_model(model: str, *, cache_dir: Path | None = None) -> Path:
+def is_local(model: str) -> bool:
+    """Whether ``model`` names a directory rather than a hub or ModelScope id."""
+    return Path(model).expanduser().is_dir() or model.startswith(("/", "./", "../", "~"))
+
+
+def resolve_model(model: str, *, cache_dir: Path | None = None, revision: str | None = None) -> Path:
     """Return a local directory holding ``model``'s files, fetching them if needed.
 
     ``model`` is a local directory (used as is), ``modelscope:ORG/NAME`` or
     ``ms://ORG/NAME`` (ModelScope), or a Hugging Face id (honours
     ``HF_HUB_OFFLINE``; the hub's cache is used when the network is down).
+    ``revision`` pins a hub or ModelScope download to a commit or tag.
     Raises :class:`ModelUnavailable` with a short, actionable message.
     """
     local = Path(model).expanduser()
@@ -77,11 +83,11 @@ def resolve_model(model: str, *, cache_dir: Path | None = None) -> Path:
         raise _unusable_dir(model, "no such directory")
     for prefix in _MODELSCOPE_PREFIXES:
         if model.startswith(prefix):
-            return _from_modelscope(model, model[len(prefix):], cache_dir)
-    return _from_hub(model, cache_dir)
+            return _from_modelscope(model, model[len(prefix):], cache_dir, revision)
+    return _from_hub(model, cache_dir, revision)
 
 
-def _from_hub(model_id: str, cache_dir: Path | None) -> Path:
+def _from_hub(model_id: str, cache_dir: Path | None, revision: str | None = None) -> Path:
     from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -89,7 +95,7 @@ def _from_hub(model_id: str, cache_dir: Path | None) -> Path:
     reason = "HF_HUB_OFFLINE is set and the files are not in the cache"
     if not local_only:
         try:
-            HfApi().repo_info(model_id, timeout=PROBE_TIMEOUT)
+            HfApi().repo_info(model_id, revision=revision, timeout=PROBE_TIMEOUT)
         except HfHubHTTPError as exc:  # the hub answered: no such repo, gated, ...
             raise _unavailable(model_id, _one_line(exc)) from exc
         except Exception as exc:  # no answer: the cache may still have it
@@ -98,6 +104,7 @@ def _from_hub(model_id: str, cache_dir: Path | None) -> Path:
     try:
         path = snapshot_download(
             model_id,
+            revision=revision,
             cache_dir=cache_dir,
             etag_timeout=ETAG_TIMEOUT,
             local_files_only=local_only,
@@ -107,7 +114,7 @@ def _from_hub(model_id: str, cache_dir: Path | None) -> Path:
     return Path(path)
 
 
-def _from_modelscope(model: str, model_id: str, cache_dir: Path | None) -> Path:
+def _from_modelscope(model: str, model_id: str, cache_dir: Path | None, revision: str | None = None) -> Path:
     hint = (
         f"`qvl model download {model}` or "
         f"`modelscope download --model {model_id} --local_dir DIR`"
@@ -118,7 +125,7 @@ def _from_modelscope(model: str, model_id: str, cache_dir: Path | None) -> Path:
         reason = "modelscope is not installed; install it with `pip install modelscope`"
         raise _unavailable(model, reason, hint) from exc
     try:
-        path = snapshot_download(model_id, cache_dir=str(cache_dir) if cache_dir else None)
+        path = snapshot_download(model_id, revision=revision, cache_dir=str(cache_dir) if cache_dir else None)
     except Exception as exc:
         raise _unavailable(model, _one_line(exc), hint) from exc
     return Path(path)
