@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from worker.engines.base import ChatTurn, Engine, EngineError
 from worker.prompt.qwen_vl import IMAGE_TOKENS, VLTurn, chatml_prompt, history_pairs
 
 log = logging.getLogger(__name__)
+
+# Special tokens model.chat's decoder keeps besides the grounding tags: never shown to a user.
+_CONTROL = re.compile(r"<\|(?:extra_\d+|endoftext|im_start|im_end)\|>|</?img>|<imgpad>")
 
 # The model card's NF4 set-up: double quantisation, fp16 compute, the output layer and
 # the visual resampler's attention kept in full precision. Plus one layer the card
@@ -102,7 +106,7 @@ class QwenVLEngine(Engine):
             raise EngineError("The model ran out of GPU memory on this conversation; try /reset.") from exc
         except (ValueError, AssertionError) as exc:  # the remote code's own checks (paths, boxes)
             raise EngineError(f"Qwen-VL-Chat could not read this conversation: {_one_line(exc)}") from exc
-        return answer
+        return _CONTROL.sub("", answer)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.tokenize(text, allowed_special="all"))  # text is defused upstream
@@ -141,7 +145,9 @@ class _Streamer(BaseStreamer):
                 self.stopped = True
                 return
             self.ids.append(token)
-        self.on_text(self.tokenizer.decode(self.ids, errors="ignore"))
+        # As model.chat decodes the final answer; a character still missing bytes waits.
+        text = self.tokenizer.decode(self.ids, errors="replace").rstrip("\ufffd")
+        self.on_text(_CONTROL.sub("", text))
 
     def end(self) -> None:
         pass
