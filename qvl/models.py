@@ -22,6 +22,7 @@ class ModelInfo:
 
 
 _HUBS = "Hugging Face, or modelscope:"
+_PINNED = "Hugging Face or modelscope:, at the revision QVL_QWEN_VL_TRUSTED pins"
 CATALOGUE: tuple[ModelInfo, ...] = (
     ModelInfo("Qwen/Qwen3-VL-2B-Instruct", "transformers", "qwen3-vl", "~6 GB GPU (bf16); runs on CPU", _HUBS),
     ModelInfo("Qwen/Qwen3-VL-4B-Instruct", "transformers", "qwen3-vl", "~10 GB GPU (bf16)", _HUBS),
@@ -31,8 +32,8 @@ CATALOGUE: tuple[ModelInfo, ...] = (
     ModelInfo("Qwen/Qwen2.5-VL-72B-Instruct", "transformers", "qwen2.5-vl", "~150 GB GPU (bf16)", _HUBS),
     ModelInfo("Qwen/Qwen2-VL-2B-Instruct", "transformers", "qwen2-vl", "~5 GB GPU (bf16)", _HUBS),
     ModelInfo("Qwen/Qwen2-VL-7B-Instruct", "transformers", "qwen2-vl", "~17 GB GPU (bf16)", _HUBS),
-    ModelInfo("Qwen/Qwen-VL-Chat", "qwen-vl", "qwen-vl", "22.6 GB GPU (BF16, model card)", _HUBS),
-    ModelInfo("Qwen/Qwen-VL-Chat-Int4", "qwen-vl", "qwen-vl", "11.8 GB GPU (Int4, model card)", _HUBS),
+    ModelInfo("Qwen/Qwen-VL-Chat", "qwen-vl", "qwen-vl", "22.6 GB GPU (BF16, model card)", _PINNED),
+    ModelInfo("Qwen/Qwen-VL-Chat-Int4", "qwen-vl", "qwen-vl", "11.8 GB GPU (Int4, model card)", _PINNED),
     ModelInfo("qwen-vl-plus", "openai", "qwen-vl", "none here (DashScope API)", "DashScope compatible mode"),
     ModelInfo("qwen-vl-max", "openai", "qwen-vl", "none here (DashScope API)", "DashScope compatible mode"),
 )

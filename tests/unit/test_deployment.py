@@ -58,3 +58,6 @@ def test_the_qwen_vl_image_installs_the_pinned_stack():
     dockerfile = (ROOT / "docker/worker-qwen-vl.Dockerfile").read_text()
     assert "'.[qwen-vl]'" in dockerfile and "QVL_ENGINE=qwen-vl" in dockerfile
     assert "torch==2.13.0" in dockerfile
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["worker-qwen-vl"]
+    assert service["environment"]["QVL_ENGINE"] == "qwen-vl"  # not overridden by .env's QVL_MODEL
+    assert service["environment"]["QVL_MODEL"].startswith("${QVL_QWEN_VL_MODEL:-Qwen/Qwen-VL-Chat}")
