@@ -104,6 +104,30 @@ def test_generate_streams_and_keeps_grounding_tags(engine, settings: Settings) -
     assert len(pictures) == 2 and all(len(str(p).encode()) <= 256 for p in pictures)
 
 
+def test_an_answer_opening_a_picture_tag_it_never_closes_still_arrives(engine, monkeypatch) -> None:
+    """The model's decoder raises on an unclosed <img>; the answer is delivered without it."""
+    import functools
+
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Force(LogitsProcessor):  # "<img>" then "a" until the token limit
+        def __call__(self, input_ids, scores):
+            token = engine.tokenizer.img_start_id if not forced else ord("a")
+            forced.append(token)
+            out = torch.full_like(scores, float("-inf"))
+            out[:, token] = 0
+            return out
+
+    forced: list[int] = []
+    chat = functools.partial(engine.model.chat, logits_processor=LogitsProcessorList([Force()]))
+    monkeypatch.setattr(engine.model, "chat", chat)
+    seen: list[str] = []
+    answer = engine.generate(conversation(), max_new_tokens=5, on_text=seen.append)
+    assert answer == "aaaa"
+    assert seen[-3:] == ["aa", "aaa", "aaaa"]  # shown as it grew, the open tag left out
+
+
 def test_window_overflow_drops_the_oldest_exchanges(engine) -> None:
     engine._window = 700  # two pictures cost 516 tokens: older exchanges cannot all fit
     try:

@@ -96,7 +96,7 @@ class QwenVLEngine(Engine):
             log.info("qwen-vl: %d oldest exchange(s) left out to fit %d tokens", prompt.dropped_pairs, self._window)
         config = copy.deepcopy(self.model.generation_config)
         config.update(do_sample=False, top_p=None, top_k=None, temperature=None, max_new_tokens=max_new_tokens)
-        streamer = _Streamer(self.tokenizer, self._stop_ids, on_text) if on_text else None
+        streamer = _Streamer(self.tokenizer, self._stop_ids, on_text)
         try:
             with torch.inference_mode():
                 answer, _ = self.model.chat(self.tokenizer, query, history=list(history[prompt.dropped_pairs:]),
@@ -104,8 +104,12 @@ class QwenVLEngine(Engine):
                                             streamer=streamer)
         except torch.OutOfMemoryError as exc:
             raise EngineError("The model ran out of GPU memory on this conversation; try /reset.") from exc
-        except (ValueError, AssertionError) as exc:  # the remote code's own checks (paths, boxes)
-            raise EngineError(f"Qwen-VL-Chat could not read this conversation: {_one_line(exc)}") from exc
+        except (ValueError, AssertionError) as exc:  # the remote code's own checks (paths, tags)
+            if not streamer.ids:
+                raise EngineError(f"Qwen-VL-Chat could not read this conversation: {_one_line(exc)}") from exc
+            # The answer itself opened an <img> it never closed: its decoder refuses that.
+            log.warning("qwen-vl: answer not decodable as a whole (%s); decoded without picture tags", exc)
+            answer = streamer.text()
         return _CONTROL.sub("", answer)
 
     def count_tokens(self, text: str) -> int:
@@ -128,13 +132,20 @@ class QwenVLEngine(Engine):
 
 
 class _Streamer(BaseStreamer):
-    """Calls ``on_text`` with the answer so far, grounding tags kept, as tokens arrive."""
+    """Keeps the answer's token ids and calls ``on_text`` (if any) with the text so far,
+    grounding tags kept, as tokens arrive."""
 
-    def __init__(self, tokenizer, stop_ids: set[int], on_text: Callable[[str], None]) -> None:
+    def __init__(self, tokenizer, stop_ids: set[int], on_text: Callable[[str], None] | None) -> None:
         self.tokenizer, self.stop_ids, self.on_text = tokenizer, stop_ids, on_text
         self.ids: list[int] = []
         self.prompt_seen = False
         self.stopped = False
+        self._picture_ids = {tokenizer.img_start_id, tokenizer.img_end_id, tokenizer.img_pad_id}
+
+    def text(self) -> str:
+        """The answer so far without picture tags (which the decoder insists be closed)."""
+        ids = [i for i in self.ids if i not in self._picture_ids]
+        return self.tokenizer.decode(ids, errors="replace")
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate's first call hands over the prompt
@@ -145,9 +156,13 @@ class _Streamer(BaseStreamer):
                 self.stopped = True
                 return
             self.ids.append(token)
-        # As model.chat decodes the final answer; a character still missing bytes waits.
-        text = self.tokenizer.decode(self.ids, errors="replace").rstrip("\ufffd")
-        self.on_text(_CONTROL.sub("", text))
+        if self.on_text is None:
+            return
+        try:  # as model.chat decodes the final answer
+            text = self.tokenizer.decode(self.ids, errors="replace")
+        except ValueError:  # an <img> not closed (yet)
+            text = self.text()
+        self.on_text(_CONTROL.sub("", text.rstrip("\ufffd")))  # a character still missing bytes waits
 
     def end(self) -> None:
         pass
