@@ -151,6 +151,23 @@ def test_a_path_too_long_for_the_tokenizer_is_a_readable_error(engine, tmp_path:
         engine.image_dir = saved
 
 
+def test_a_finetune_saved_with_special_token_entries_loads(tiny: Path, settings: Settings, tmp_path: Path) -> None:
+    """save_pretrained writes special-token entries that break the remote tokenizer on transformers >= 4.44."""
+    import json
+    import shutil
+
+    from worker.engines import load_engine
+
+    finetune = tmp_path / "finetune"
+    shutil.copytree(tiny, finetune)
+    config = json.loads((finetune / "tokenizer_config.json").read_text())
+    config.update(eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    (finetune / "tokenizer_config.json").write_text(json.dumps(config))
+    engine = load_engine(settings.model_copy(update={"model": str(finetune)}))  # same code, same digest
+    assert isinstance(engine.generate(conversation(), max_new_tokens=3), str)
+
+
 def test_nf4_as_the_card_sets_it_up_answers_about_pictures(settings: Settings) -> None:
     pytest.importorskip("bitsandbytes")
     from worker.engines import load_engine

@@ -69,7 +69,8 @@ class QwenVLEngine(Engine):
         self.system = system
         cuda = torch.cuda.is_available() and device in ("auto", "cuda")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True,
+                                                           **_without_special_entries(model_path))
             self.model = AutoModelForCausalLM.from_pretrained(
                 model_path, trust_remote_code=True, device_map="auto" if cuda else "cpu",
                 **_precision(cuda, quantize, _quantized(model_path))).eval()
@@ -184,6 +185,25 @@ def _precision(cuda: bool, quantize: str, prequantized: bool) -> dict:
     else:
         dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return {name: name == dtype for name in ("bf16", "fp16", "fp32")}
+
+
+def _without_special_entries(model_path: str | Path) -> dict:
+    """Overrides that drop ``tokenizer_config.json``'s special-token entries.
+
+    Fine-tunes saved with ``save_pretrained`` carry them; from transformers 4.44 on, the
+    base tokenizer's constructor then reaches for ``IMAGE_ST`` before the remote
+    ``QWenTokenizer`` has set it ("no attribute 'IMAGE_ST'"). The tokenizer defines its
+    own special tokens, so the entries are not needed.
+    """
+    try:
+        config = json.loads((Path(model_path) / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: None for key in _SPECIAL_ENTRIES if key in config}
+
+
+_SPECIAL_ENTRIES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+                    "additional_special_tokens")
 
 
 def _quantized(model_path: str | Path) -> bool:
