@@ -218,3 +218,35 @@ def test_qvl_up_and_chat_with_qwen_vl_chat(tiny: Path, settings: Settings, tmp_p
 
         os.killpg(up.pid, signal.SIGTERM)
         up.wait(30)
+
+
+def test_an_int4_gptq_checkpoint_with_the_published_config_answers(tiny: Path, settings: Settings,
+                                                                   tmp_path: Path) -> None:
+    """The qwen-vl-int4 stack (optimum + gptqmodel) loads a GPTQ Qwen-VL-Chat as the Int4 card's config says."""
+    pytest.importorskip("gptqmodel")
+    pytest.importorskip("optimum")
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+
+    from worker.engines import load_engine
+    from worker.engines.remote_code import code_digest
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny, trust_remote_code=True)
+    gptq = GPTQConfig(bits=4, group_size=128, desc_act=False, sym=True, dataset=["a picture of a red card " * 8] * 4,
+                      tokenizer=tokenizer, block_name_to_quantize="transformer.h", model_seqlen=64)
+    quantized = AutoModelForCausalLM.from_pretrained(tiny, trust_remote_code=True, bf16=False, fp16=True, fp32=False,
+                                                     quantization_config=gptq, device_map="cpu")
+    int4 = tmp_path / "int4"
+    quantized.save_pretrained(int4)
+    for name in ("qwen.tiktoken", "tokenizer_config.json", "generation_config.json", "tokenization_qwen.py"):
+        (int4 / name).write_bytes((tiny / name).read_bytes())
+    config = json.loads((int4 / "config.json").read_text())
+    config["quantization_config"] = {  # Qwen-VL-Chat-Int4's config.json, as published (GPTQ v1 format)
+        "bits": 4, "group_size": 128, "damp_percent": 0.01, "desc_act": False, "static_groups": False, "sym": True,
+        "true_sequential": True, "model_name_or_path": None, "model_file_base_name": "model", "quant_method": "gptq"}
+    (int4 / "config.json").write_text(json.dumps(config))
+    engine = load_engine(settings.model_copy(update={"model": str(int4),
+                                                     "qwen_vl_trusted": f"sha256:{code_digest(int4)}"}))
+    assert type(engine.model.transformer.h[0].mlp.w1).__name__.endswith("QuantLinear")
+    assert isinstance(engine.generate(conversation(), max_new_tokens=3), str)
