@@ -75,6 +75,21 @@ def test_offline_a_cached_hub_model_is_found(monkeypatch, tmp_path: Path) -> Non
     assert resolve_model("qvl-tests/cached", cache_dir=tmp_path) == snapshot
 
 
+def test_a_pinned_revision_is_the_one_used_not_main(monkeypatch, tmp_path: Path) -> None:
+    """Qwen-VL-Chat's code runs at the trusted commit even when the branch has moved on."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "models--qvl-tests--pinned"
+    for commit in ("0" * 40, "1" * 40):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    assert resolve_model("qvl-tests/pinned", cache_dir=tmp_path).name == "1" * 40
+    assert resolve_model("qvl-tests/pinned", cache_dir=tmp_path, revision="0" * 40).name == "0" * 40
+    with pytest.raises(ModelUnavailable):
+        resolve_model("qvl-tests/pinned", cache_dir=tmp_path, revision="2" * 40)
+
+
 @pytest.mark.parametrize("model", ["modelscope:qwen/Qwen2-VL-2B-Instruct", "ms://qwen/Qwen2-VL-2B-Instruct"])
 def test_modelscope_without_the_package_says_how_to_install_it(monkeypatch, model: str) -> None:
     monkeypatch.setitem(sys.modules, "modelscope", None)  # import fails, installed or not
