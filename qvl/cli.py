@@ -220,14 +220,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_model_download(args: argparse.Namespace) -> int:
-    from qvl.models import infer
     from qvl.settings import Settings
+    from worker.engines import engine_and_family
     from worker.engines.remote_code import UntrustedCode, pinned_revision
     from worker.engines.weights import resolve_model
 
     settings = Settings()
     revision = None
-    if infer(args.model)[0] == "qwen-vl":  # its code runs only at the trusted revision: fetch that one
+    # Qwen-VL-Chat's code runs only at the trusted revision: fetch that one (QVL_ENGINE counts too).
+    if engine_and_family(settings.model_copy(update={"model": args.model}))[0] == "qwen-vl":
         try:
             revision = pinned_revision(args.model, settings.qwen_vl_trusted)
         except UntrustedCode:

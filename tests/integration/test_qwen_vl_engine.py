@@ -128,16 +128,44 @@ def test_an_answer_opening_a_picture_tag_it_never_closes_still_arrives(engine, m
     assert seen[-3:] == ["aa", "aaa", "aaaa"]  # shown as it grew, the open tag left out
 
 
-def test_window_overflow_drops_the_oldest_exchanges(engine) -> None:
-    engine._window = 700  # two pictures cost 516 tokens: older exchanges cannot all fit
+def test_window_overflow_drops_the_oldest_exchanges(engine, caplog) -> None:
+    engine._window = 1300  # a picture costs 258 tokens and each exchange about 400: not all fit
     try:
         many = conversation()[:1]
         for n in range(6):
             many += [ChatTurn("user", f"question {n} " * 20), ChatTurn("assistant", f"answer {n} " * 20)]
         many.append(ChatTurn("user", "last", (Image.new("RGB", (30, 30), "green"),)))
-        assert isinstance(engine.generate(many, max_new_tokens=4), str)
+        with caplog.at_level("INFO", logger="worker.engines.qwen_vl_engine"):
+            assert isinstance(engine.generate(many, max_new_tokens=4), str)
+        import re
+
+        dropped = re.search(r"(\d+) oldest exchange\(s\) left out to fit 1300 tokens", caplog.text)
+        assert dropped and 1 <= int(dropped.group(1)) < 6, caplog.text  # the newest that fit are kept
     finally:
         engine._window = 6144
+
+
+def test_decomposed_characters_in_the_history_do_not_cut_the_answer(engine, monkeypatch) -> None:
+    """The model's tokenizer normalises to NFC and model.chat cuts the answer at the pre-NFC length."""
+    import functools
+
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Force(LogitsProcessor):  # "abcd" then the end of the turn
+        def __call__(self, input_ids, scores):
+            token = [ord(c) for c in "abcd"][len(forced)] if len(forced) < 4 else engine.tokenizer.im_end_id
+            forced.append(token)
+            out = torch.full_like(scores, float("-inf"))
+            out[:, token] = 0
+            return out
+
+    forced: list[int] = []
+    monkeypatch.setattr(engine.model, "chat", functools.partial(engine.model.chat,
+                                                                logits_processor=LogitsProcessorList([Force()])))
+    turns = [ChatTurn("user", "Cafe\u0301 or the\u0301?"), ChatTurn("assistant", "Cafe\u0301."),
+             ChatTurn("user", "Again?")]
+    assert engine.generate(turns, max_new_tokens=8) == "abcd"
 
 
 def test_a_path_too_long_for_the_tokenizer_is_a_readable_error(engine, tmp_path: Path) -> None:

@@ -64,3 +64,17 @@ def test_all_text_is_defused_including_stored_assistant_replies():
 def test_defuse_leaves_ordinary_text_alone():
     for text in ("a < b and c > d", "<b>bold</b>", "x <| not a token", "箭头 <- 和 ->", "<html>"):
         assert defuse(text) == text
+
+
+def test_only_defused_text_is_counted():
+    """Qwen-VL-Chat's tokenizer raises on a bare "<img>" (an unclosed picture tag): it must only
+    ever be asked to count the defused text that will be sent."""
+    def strict(text):
+        if "<img>" in text or "</img>" in text:
+            raise ValueError("Unclosed image token")
+        return len(text)
+
+    history = [StoredTurn("user", "what is the <img> tag?"), StoredTurn("assistant", "it opens </img>"),
+               StoredTurn("user", "and <img>x")]
+    w = window(history, count_tokens=strict, system="say <img>")
+    assert [t.text for t in w.turns] == [defuse("say <img>"), *(defuse(t.text) for t in history)]

@@ -44,6 +44,8 @@ def fetch_model(settings: Settings) -> Path | None:
     if kind == "transformers":
         _require_transformers_5()
         return resolve_model(settings.model, cache_dir=cache)
+    if settings.quantize not in ("none", "nf4"):
+        raise UserFacingError(f"QVL_QUANTIZE must be none or nf4, not {settings.quantize!r}.")
     if is_local(settings.model):
         path = resolve_model(settings.model)
         remote_code.check_directory(path, settings.qwen_vl_trusted)
@@ -51,7 +53,9 @@ def fetch_model(settings: Settings) -> Path | None:
         return path
     revision = remote_code.pinned_revision(settings.model, settings.qwen_vl_trusted)
     remote_code.check_transformers()
-    return resolve_model(settings.model, cache_dir=cache, revision=revision)
+    path = resolve_model(settings.model, cache_dir=cache, revision=revision)
+    remote_code.check_directory(path, settings.qwen_vl_trusted, pinned=True)
+    return path
 
 
 def _require_transformers_5() -> None:

@@ -22,7 +22,10 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
+import tempfile
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -67,12 +70,13 @@ class QwenVLEngine(Engine):
         self.image_dir = Path(image_dir)
         self.image_dir.mkdir(parents=True, exist_ok=True)
         self.system = system
-        cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        device_map = _device_map(device)
+        cuda = device_map != "cpu"
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True,
                                                            **_without_special_entries(model_path))
             self.model = AutoModelForCausalLM.from_pretrained(
-                model_path, trust_remote_code=True, device_map="auto" if cuda else "cpu",
+                model_path, trust_remote_code=True, device_map=device_map,
                 **_precision(cuda, quantize, _quantized(model_path))).eval()
         except torch.OutOfMemoryError as exc:
             raise EngineError(f"Qwen-VL-Chat at {model_path} does not fit in memory; try QVL_QUANTIZE=nf4 "
@@ -84,9 +88,12 @@ class QwenVLEngine(Engine):
 
     def generate(self, turns: Sequence[ChatTurn], *, max_new_tokens: int,
                  on_text: Callable[[str], None] | None = None) -> str:
-        system = next((t.text for t in turns if t.role == "system"), self.system)
+        # NFC first: the model's tokenizer normalises text, and model.chat cuts the answer out of
+        # the decoded whole at the length of the text before normalising; a decomposed "é"
+        # anywhere in the window would cost the answer its first characters.
+        system = _nfc(next((t.text for t in turns if t.role == "system"), self.system))
         try:
-            vl_turns = [VLTurn(t.role, t.text, tuple(self._picture_path(i) for i in t.images))
+            vl_turns = [VLTurn(t.role, _nfc(t.text), tuple(self._picture_path(i) for i in t.images))
                         for t in turns if t.role != "system"]
             history, query = history_pairs(vl_turns)
         except ValueError as exc:
@@ -125,10 +132,11 @@ class QwenVLEngine(Engine):
         image.convert("RGB").save(buffer, format="PNG")
         data = buffer.getvalue()
         path = self.image_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-        if not path.exists():
-            partial = path.with_suffix(".tmp")
-            partial.write_bytes(data)
-            partial.replace(path)
+        if not path.exists():  # several workers may write the same picture: each its own temporary file
+            fd, partial = tempfile.mkstemp(dir=self.image_dir, suffix=".tmp")
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(partial, path)
         return str(path)
 
 
@@ -167,6 +175,19 @@ class _Streamer(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+def _device_map(device: str) -> str | dict:
+    """``auto``: every GPU there is (accelerate splits the model), else the CPU; ``cuda:N``: that GPU."""
+    if device in ("auto", "cuda"):
+        return "auto" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda:") and not torch.cuda.is_available():
+        raise EngineError(f"QVL_DEVICE={device}, but torch sees no GPU here.")
+    return "cpu" if device == "cpu" else {"": device}
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
 
 
 def _precision(cuda: bool, quantize: str, prequantized: bool) -> dict:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
+import re
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
@@ -36,6 +38,8 @@ TESTED_TRANSFORMERS = ("4.32.0", "4.37.2", "4.40.2", "4.44.2", "4.46.3", "4.49.0
 WORKING_TRANSFORMERS = SpecifierSet(">=4.32,<4.54,!=4.52.*")
 PINNED_TRANSFORMERS = "4.53.3"  # the qwen-vl extra and the qwen-vl worker image
 CODE_SUFFIXES = (".py",)
+CONFIG_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class UntrustedCode(UserFacingError):
@@ -87,8 +91,12 @@ def parse_trusted(value: str) -> tuple[dict[str, str], frozenset[str]]:
         repo, sep, revision = entry.rpartition("@")
         if not sep or not repo or not revision:
             raise UserFacingError(
-                f"QVL_QWEN_VL_TRUSTED entry {entry!r} needs a pinned revision: ORG/NAME@REVISION "
-                "(a commit hash or tag), or sha256:DIGEST for a local directory.")
+                f"QVL_QWEN_VL_TRUSTED entry {entry!r} needs a pinned revision: ORG/NAME@COMMIT "
+                "(modelscope:ORG/NAME@TAG on ModelScope), or sha256:DIGEST for a local directory.")
+        if not _repo_key(repo).startswith("modelscope:") and not _COMMIT.fullmatch(revision):
+            raise UserFacingError(
+                f"QVL_QWEN_VL_TRUSTED entry {entry!r}: on Hugging Face, pin the full 40-character commit "
+                "hash; a branch or tag can be moved to other code.")
         repos[_repo_key(repo)] = revision
     return repos, frozenset(digests)
 
@@ -109,8 +117,11 @@ def pinned_revision(model: str, trusted: str) -> str:
 def check_directory(path: Path, trusted: str, *, pinned: bool = False) -> None:
     """Allow the code in ``path`` to run, or raise :class:`UntrustedCode`.
 
-    ``pinned`` means ``path`` was just fetched at a trusted revision (nothing more to check).
+    The ``auto_map`` entries of its configs must name its own files (not code in another
+    repository, which transformers would fetch unpinned). ``pinned`` means ``path`` was
+    fetched at a trusted revision; otherwise the digest of its code must be trusted.
     """
+    _check_auto_map(Path(path))
     if pinned:
         return
     _, digests = parse_trusted(trusted)
@@ -124,10 +135,29 @@ def check_directory(path: Path, trusted: str, *, pinned: bool = False) -> None:
             f"审阅后把 sha256:{digest} 加入 QVL_QWEN_VL_TRUSTED。")
 
 
+def _check_auto_map(path: Path) -> None:
+    """Refuse configs whose ``auto_map`` points outside the directory's own code files."""
+    for name in CONFIG_FILES:
+        try:
+            auto_map = json.loads((path / name).read_text()).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for value in auto_map.values():
+            for reference in value if isinstance(value, list) else [value]:
+                if reference is None:
+                    continue
+                module = str(reference).rsplit(".", 1)[0]
+                if "--" in str(reference) or not (path / f"{module}.py").is_file():
+                    raise UntrustedCode(
+                        f"{path / name} maps a class to {reference!r}, which is not one of the model's own "
+                        "code files there: refusing to run code from anywhere else.",
+                        zh=f"{path / name} 的 auto_map 指向 {reference!r}，不是模型目录中的代码文件，拒绝运行。")
+
+
 def code_digest(path: Path) -> str:
     """SHA-256 over the directory's code files (names and contents, sorted by name)."""
     h = hashlib.sha256()
-    for file in sorted(p for p in Path(path).iterdir() if p.suffix in CODE_SUFFIXES and p.is_file()):
+    for file in sorted(p for p in Path(path).iterdir() if p.suffix.lower() in CODE_SUFFIXES and p.is_file()):
         data = file.read_bytes()
         h.update(f"{file.name}\0{len(data)}\0".encode())
         h.update(data)
@@ -135,7 +165,8 @@ def code_digest(path: Path) -> str:
 
 
 def _repo_key(model: str) -> str:
+    """Hugging Face ids match whatever their case (the hub treats them so); ModelScope ids exactly."""
     for prefix in ("modelscope:", "ms://"):
         if model.startswith(prefix):
-            return "modelscope:" + model[len(prefix):].lower()
+            return "modelscope:" + model[len(prefix):]
     return model.lower()

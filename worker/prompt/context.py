@@ -46,7 +46,7 @@ def build_window(
     pictures once ``max_images`` are in. The current turn is always kept. All
     text is defused here, so no stored text can become a control token.
     """
-    budget = token_budget - (count_tokens(system) if system else 0)
+    budget = token_budget - (count_tokens(defuse(system)) if system else 0)  # counted as sent
     kept: list[tuple[StoredTurn, tuple[str, ...]]] = []
     n_images = dropped_images = 0
     for i, turn in enumerate(reversed(history)):
@@ -58,7 +58,7 @@ def build_window(
             else:
                 dropped_images += 1
         shown.reverse()
-        cost = count_tokens(turn.text) + sum(image_tokens(*images[s].size) for s in shown) + 4
+        cost = count_tokens(defuse(turn.text)) + sum(image_tokens(*images[s].size) for s in shown) + 4
         if i > 0 and cost > budget:
             n_images -= len(shown)
             dropped_images += len(shown)
