@@ -128,6 +128,22 @@ def test_an_answer_opening_a_picture_tag_it_never_closes_still_arrives(engine, m
     assert seen[-3:] == ["aa", "aaa", "aaaa"]  # shown as it grew, the open tag left out
 
 
+def test_picture_files_unused_for_a_day_are_swept_at_start(settings: Settings) -> None:
+    import time
+
+    from worker.engines import load_engine
+
+    pictures = settings.data_dir / "qwen-vl-pictures"
+    pictures.mkdir(exist_ok=True)
+    old, fresh = pictures / ("0" * 32 + ".png"), pictures / ("1" * 32 + ".png")
+    for file in (old, fresh):
+        file.write_bytes(b"png")
+    day_ago = time.time() - 25 * 3600
+    os.utime(old, (day_ago, day_ago))
+    load_engine(settings)
+    assert not old.exists() and fresh.exists()
+
+
 def test_window_overflow_drops_the_oldest_exchanges(engine, caplog) -> None:
     engine._window = 1300  # a picture costs 258 tokens and each exchange about 400: not all fit
     try:

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ _CONTROL = re.compile(r"<\|(?:extra_\d+|endoftext|im_start|im_end)\|>|</?img>|<i
 # which NF4 packs into uint8 ("expected scalar type Byte but found Half", the failure
 # reported in QwenLM/Qwen-VL#28 and #494); keeping that one 11M-parameter layer in fp16
 # makes pictures go through.
+PICTURE_MAX_AGE_S = 24 * 3600  # picture files unused this long are deleted when a worker starts
 NF4_SKIP_MODULES = ["lm_head", "attn_pool.attn", "transformer.visual.transformer.resblocks.0.mlp.c_fc"]
 
 
@@ -69,6 +71,7 @@ class QwenVLEngine(Engine):
             raise EngineError(f"QVL_QUANTIZE must be none or nf4, not {quantize!r}.")
         self.image_dir = Path(image_dir)
         self.image_dir.mkdir(parents=True, exist_ok=True)
+        _sweep(self.image_dir, PICTURE_MAX_AGE_S)
         self.system = system
         device_map = _device_map(device)
         cuda = device_map != "cpu"
@@ -132,7 +135,9 @@ class QwenVLEngine(Engine):
         image.convert("RGB").save(buffer, format="PNG")
         data = buffer.getvalue()
         path = self.image_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-        if not path.exists():  # several workers may write the same picture: each its own temporary file
+        try:
+            os.utime(path)  # still in use: the start-up sweep leaves it
+        except FileNotFoundError:  # several workers may write the same picture: each its own temporary file
             fd, partial = tempfile.mkstemp(dir=self.image_dir, suffix=".tmp")
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -175,6 +180,18 @@ class _Streamer(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+def _sweep(directory: Path, max_age_s: float) -> None:
+    """Delete picture files not used for ``max_age_s`` (they are copies: the database keeps the
+    pictures, and a turn that needs one again writes it again)."""
+    cutoff = time.time() - max_age_s
+    for file in directory.iterdir():
+        try:
+            if file.stat().st_mtime < cutoff:
+                file.unlink()
+        except FileNotFoundError:  # another worker swept it first
+            pass
 
 
 def _device_map(device: str) -> str | dict:
