@@ -128,10 +128,15 @@ def test_an_answer_opening_a_picture_tag_it_never_closes_still_arrives(engine, m
     assert seen[-3:] == ["aa", "aaa", "aaaa"]  # shown as it grew, the open tag left out
 
 
-def test_picture_files_unused_for_a_day_are_swept_at_start(settings: Settings) -> None:
+def test_picture_files_unused_for_a_day_are_swept_at_start(tiny: Path, settings: Settings, tmp_path: Path) -> None:
+    import shutil
     import time
 
     from worker.engines import load_engine
+
+    # A copy: loading the same directory again makes transformers re-run its module, which
+    # breaks the engine the other tests share (model.chat's default argument sentinel changes).
+    copy = shutil.copytree(tiny, tmp_path / "sweep")
 
     pictures = settings.data_dir / "qwen-vl-pictures"
     pictures.mkdir(exist_ok=True)
@@ -140,7 +145,7 @@ def test_picture_files_unused_for_a_day_are_swept_at_start(settings: Settings) -
         file.write_bytes(b"png")
     day_ago = time.time() - 25 * 3600
     os.utime(old, (day_ago, day_ago))
-    load_engine(settings)
+    load_engine(settings.model_copy(update={"model": str(copy)}))
     assert not old.exists() and fresh.exists()
 
 
