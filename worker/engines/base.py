@@ -27,6 +27,12 @@ class EngineError(Exception):
     """The engine failed in a way the user should hear about (message is user-facing)."""
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, at most 200 characters: an error fit for a reply."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}"[:200] if lines else type(exc).__name__
+
+
 class Engine(ABC):
     """A model backend. Implementations live one per file in ``worker/engines``."""
 

@@ -35,7 +35,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
-from worker.engines.base import ChatTurn, Engine, EngineError
+from worker.engines.base import ChatTurn, Engine, EngineError, one_line
 from worker.prompt.qwen_vl import IMAGE_TOKENS, VLTurn, chatml_prompt, history_pairs
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class QwenVLEngine(Engine):
             raise EngineError(f"Qwen-VL-Chat at {model_path} does not fit in memory; try QVL_QUANTIZE=nf4 "
                               "or the Int4 checkpoint.") from exc
         except (OSError, ValueError, ImportError, KeyError, RuntimeError, AttributeError) as exc:
-            raise EngineError(f"Could not load Qwen-VL-Chat at {model_path}: {_one_line(exc)}") from exc
+            raise EngineError(f"Could not load Qwen-VL-Chat at {model_path}: {one_line(exc)}") from exc
         self._stop_ids = {self.tokenizer.im_start_id, self.tokenizer.im_end_id, self.tokenizer.eod_id}
         self._window = int(getattr(self.model.generation_config, "max_window_size", 6144))
 
@@ -117,7 +117,7 @@ class QwenVLEngine(Engine):
             raise EngineError("The model ran out of GPU memory on this conversation; try /reset.") from exc
         except (ValueError, AssertionError) as exc:  # the remote code's own checks (paths, tags)
             if not streamer.ids:
-                raise EngineError(f"Qwen-VL-Chat could not read this conversation: {_one_line(exc)}") from exc
+                raise EngineError(f"Qwen-VL-Chat could not read this conversation: {one_line(exc)}") from exc
             # The answer itself opened an <img> it never closed: its decoder refuses that.
             log.warning("qwen-vl: answer not decodable as a whole (%s); decoded without picture tags", exc)
             answer = streamer.text()
@@ -250,8 +250,3 @@ def _quantized(model_path: str | Path) -> bool:
         return "quantization_config" in json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
         return False
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}"[:200] if lines else type(exc).__name__

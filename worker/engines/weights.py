@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qvl.errors import UserFacingError
+from worker.engines.base import one_line
 
 # Seconds to wait for the hub to answer at all. huggingface_hub's own metadata
 # request has no timeout, so a network that drops packets would hang it.
@@ -97,10 +98,10 @@ def _from_hub(model_id: str, cache_dir: Path | None, revision: str | None = None
         try:
             HfApi().repo_info(model_id, revision=revision, timeout=PROBE_TIMEOUT)
         except HfHubHTTPError as exc:  # the hub answered: no such repo, gated, ...
-            raise _unavailable(model_id, _one_line(exc)) from exc
+            raise _unavailable(model_id, one_line(exc)) from exc
         except Exception as exc:  # no answer: the cache may still have it
             local_only = True
-            reason = f"the hub did not answer: {_one_line(exc)}"
+            reason = f"the hub did not answer: {one_line(exc)}"
     try:
         path = snapshot_download(
             model_id,
@@ -110,7 +111,7 @@ def _from_hub(model_id: str, cache_dir: Path | None, revision: str | None = None
             local_files_only=local_only,
         )
     except Exception as exc:
-        raise _unavailable(model_id, reason if local_only else _one_line(exc)) from exc
+        raise _unavailable(model_id, reason if local_only else one_line(exc)) from exc
     return Path(path)
 
 
@@ -127,11 +128,5 @@ def _from_modelscope(model: str, model_id: str, cache_dir: Path | None, revision
     try:
         path = snapshot_download(model_id, revision=revision, cache_dir=str(cache_dir) if cache_dir else None)
     except Exception as exc:
-        raise _unavailable(model, _one_line(exc), hint) from exc
+        raise _unavailable(model, one_line(exc), hint) from exc
     return Path(path)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
