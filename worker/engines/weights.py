@@ -75,13 +75,13 @@ def resolve_model(model: str, *, cache_dir: Path | None = None, revision: str | 
     ``revision`` pins a hub or ModelScope download to a commit or tag.
     Raises :class:`ModelUnavailable` with a short, actionable message.
     """
-    local = Path(model).expanduser()
-    if local.is_dir():
+    if is_local(model):
+        local = Path(model).expanduser()
+        if not local.is_dir():
+            raise _unusable_dir(model, "no such directory")
         if not (local / "config.json").is_file():
             raise _unusable_dir(model, "no config.json in it")
         return local.resolve()
-    if model.startswith(("/", "./", "../", "~")):
-        raise _unusable_dir(model, "no such directory")
     for prefix in _MODELSCOPE_PREFIXES:
         if model.startswith(prefix):
             return _from_modelscope(model, model[len(prefix):], cache_dir, revision)
