@@ -73,6 +73,26 @@ def conversation() -> list[ChatTurn]:
     ]
 
 
+def force_answer(engine, monkeypatch, tokens: list[int]) -> None:
+    """Make the model answer exactly ``tokens``, then end its turn (<|im_end|> from then on)."""
+    import functools
+    import itertools
+
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    steps = itertools.chain(tokens, itertools.repeat(engine.tokenizer.im_end_id))
+
+    class Force(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            out = torch.full_like(scores, float("-inf"))
+            out[:, next(steps)] = 0
+            return out
+
+    chat = functools.partial(engine.model.chat, logits_processor=LogitsProcessorList([Force()]))
+    monkeypatch.setattr(engine.model, "chat", chat)
+
+
 def test_load_engine_gives_the_qwen_vl_engine(engine) -> None:
     assert (engine.name, engine.family) == ("qwen-vl", "qwen-vl")
 
@@ -106,22 +126,7 @@ def test_generate_streams_and_keeps_grounding_tags(engine, settings: Settings) -
 
 def test_an_answer_opening_a_picture_tag_it_never_closes_still_arrives(engine, monkeypatch) -> None:
     """The model's decoder raises on an unclosed <img>; the answer is delivered without it."""
-    import functools
-
-    import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class Force(LogitsProcessor):  # "<img>" then "a" until the token limit
-        def __call__(self, input_ids, scores):
-            token = engine.tokenizer.img_start_id if not forced else ord("a")
-            forced.append(token)
-            out = torch.full_like(scores, float("-inf"))
-            out[:, token] = 0
-            return out
-
-    forced: list[int] = []
-    chat = functools.partial(engine.model.chat, logits_processor=LogitsProcessorList([Force()]))
-    monkeypatch.setattr(engine.model, "chat", chat)
+    force_answer(engine, monkeypatch, [engine.tokenizer.img_start_id, *b"aaaa"])  # the limit comes first
     seen: list[str] = []
     answer = engine.generate(conversation(), max_new_tokens=5, on_text=seen.append)
     assert answer == "aaaa"
@@ -168,22 +173,7 @@ def test_window_overflow_drops_the_oldest_exchanges(engine, caplog) -> None:
 
 def test_decomposed_characters_in_the_history_do_not_cut_the_answer(engine, monkeypatch) -> None:
     """The model's tokenizer normalises to NFC and model.chat cuts the answer at the pre-NFC length."""
-    import functools
-
-    import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class Force(LogitsProcessor):  # "abcd" then the end of the turn
-        def __call__(self, input_ids, scores):
-            token = [ord(c) for c in "abcd"][len(forced)] if len(forced) < 4 else engine.tokenizer.im_end_id
-            forced.append(token)
-            out = torch.full_like(scores, float("-inf"))
-            out[:, token] = 0
-            return out
-
-    forced: list[int] = []
-    monkeypatch.setattr(engine.model, "chat", functools.partial(engine.model.chat,
-                                                                logits_processor=LogitsProcessorList([Force()])))
+    force_answer(engine, monkeypatch, [*b"abcd"])
     turns = [ChatTurn("user", "Cafe\u0301 or the\u0301?"), ChatTurn("assistant", "Cafe\u0301."),
              ChatTurn("user", "Again?")]
     assert engine.generate(turns, max_new_tokens=8) == "abcd"
