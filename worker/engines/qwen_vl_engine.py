@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import logging
 import os
@@ -130,17 +129,20 @@ class QwenVLEngine(Engine):
         return IMAGE_TOKENS
 
     def _picture_path(self, image: Image.Image) -> str:
-        """Write ``image`` as PNG under ``image_dir``, named by content; return the path."""
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
-        data = buffer.getvalue()
-        path = self.image_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        """Write ``image`` as PNG under ``image_dir``, named by its pixels; return the path.
+
+        Every picture in the window comes through here on every turn: the name is a hash
+        of the pixels, and the PNG is encoded only when the file is not there yet.
+        """
+        rgb = image.convert("RGB")
+        digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+        path = self.image_dir / f"{digest[:32]}.png"
         try:
             os.utime(path)  # still in use: the start-up sweep leaves it
         except FileNotFoundError:  # several workers may write the same picture: each its own temporary file
             fd, partial = tempfile.mkstemp(dir=self.image_dir, suffix=".tmp")
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                rgb.save(out, format="PNG")
             os.replace(partial, path)
         return str(path)
 
