@@ -24,8 +24,8 @@ from PIL import Image, ImageDraw
 from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.generation.streamers import BaseStreamer
 
-from qvl.tiny import make_tiny
 from worker.engines.hf_compat import load_processor
+from worker.engines.tiny import make_tiny
 
 CARD_TOKENS_PER_S = 28.87  # Qwen-VL-Chat, BF16, A100-80G (model card)
 PIXELS = (3136, 12845056)  # Qwen2.5-VL's preprocessor_config.json: a 448x448 picture is 256 tokens

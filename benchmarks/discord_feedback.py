@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
 
 from bots.core import Core  # noqa: E402
 from bots.discord.bot import DiscordFrontend  # noqa: E402
-from qvl.bench import _qvl_turns, _start_worker  # noqa: E402
+from cli.bench import _qvl_turns, _start_worker  # noqa: E402
 from qvl.queue import start_embedded_redis  # noqa: E402
 from qvl.settings import Settings  # noqa: E402
 from storage.db import upgrade  # noqa: E402

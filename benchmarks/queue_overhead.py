@@ -6,7 +6,7 @@
 
 import sys
 
-from qvl.cli import main
+from cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", "queue", *sys.argv[1:]]))

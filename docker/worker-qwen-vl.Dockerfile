@@ -21,5 +21,5 @@ RUN if [ "$GPTQ" = 1 ]; then TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0" \
 ENV QVL_DATA_DIR=/data HF_HOME=/data/hf QVL_ENGINE=qwen-vl QVL_MODEL=Qwen/Qwen-VL-Chat
 VOLUME /data
 HEALTHCHECK --interval=30s --timeout=10s --start-period=900s \
-  CMD celery -A worker.app inspect ping -d "qvl@$(hostname)" --timeout 5 || exit 1
+  CMD celery -A worker.main inspect ping -d "qvl@$(hostname)" --timeout 5 || exit 1
 CMD ["qvl", "worker"]

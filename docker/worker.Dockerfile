@@ -13,5 +13,5 @@ RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir .
 ENV QVL_DATA_DIR=/data HF_HOME=/data/hf
 VOLUME /data
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s \
-  CMD celery -A worker.app inspect ping -d "qvl@$(hostname)" --timeout 5 || exit 1
+  CMD celery -A worker.main inspect ping -d "qvl@$(hostname)" --timeout 5 || exit 1
 CMD ["qvl", "worker"]

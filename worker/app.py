@@ -1,13 +1,18 @@
-"""The Celery app and its one task. A doorway, not a room: the task calls the pipeline.
+"""The Celery app, built from a Settings object, and its one task.
 
-    celery -A worker.app worker --pool=solo     # or: qvl worker
+The task is a doorway, not a room: it calls :func:`worker.pipeline.run`. Nothing
+here is built at import time, so a second app in one process (tests, benchmarks)
+or a forked pool process never trips over another's state. ``qvl worker`` and
+``qvl up`` call :func:`create_app`; Celery's own command line uses ``worker.main``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 
-from celery.signals import worker_process_init
+from celery import Celery
 
 from qvl.protocol import TASK_NAME, TASK_VERSION
 from qvl.queue import make_celery, redis_url
@@ -15,47 +20,49 @@ from qvl.settings import Settings
 
 log = logging.getLogger(__name__)
 
-settings = Settings()
-_url = redis_url(settings)
-app = make_celery(settings, _url)
-_runtime = None
+
+class WorkerContext:
+    """What the tasks of one app need: the settings and, per process, a Runtime."""
+
+    def __init__(self, settings: Settings, url: str, engine_factory: Callable | None = None):
+        self.settings, self.url, self.engine_factory = settings, url, engine_factory
+        self._runtime = None
+        self._pid: int | None = None
+
+    def runtime(self):
+        """This process's :class:`~worker.pipeline.Runtime`, built on first use; rebuilt in a
+        forked child (connections and models must not cross a fork)."""
+        if self._runtime is None or self._pid != os.getpid():
+            from worker.pipeline import Runtime
+
+            options = {"engine_factory": self.engine_factory} if self.engine_factory else {}
+            self._runtime = Runtime(self.settings, redis_url=self.url, **options)
+            self._pid = os.getpid()
+        return self._runtime
 
 
-def runtime():
-    """This process's Runtime, built on first use (after any fork)."""
-    global _runtime
-    if _runtime is None:
-        from worker.pipeline import Runtime
+def create_app(settings: Settings, url: str | None = None, *,
+               engine_factory: Callable | None = None) -> Celery:
+    """A Celery app consuming the turn queue of ``settings`` on Redis at ``url``
+    (default: ``REDIS_URL`` or the embedded Redis of ``qvl up``)."""
+    url = url or redis_url(settings)
+    app = make_celery(settings, url)
+    context = WorkerContext(settings, url, engine_factory)
 
-        _runtime = Runtime(settings, redis_url=_url)
-    return _runtime
+    @app.task(name=TASK_NAME, bind=True, max_retries=None)
+    def run_turn(self, job_id: int, v: int = TASK_VERSION) -> str:
+        if v != TASK_VERSION:
+            log.error("task payload version %s not understood (expected %s); job %s", v, TASK_VERSION, job_id)
+            return "rejected"
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from sqlalchemy.exc import OperationalError
 
+        from worker.pipeline import run
 
-@worker_process_init.connect
-def _reset_after_fork(**_):
-    global _runtime
-    _runtime = None  # connections and models must not cross a fork
+        try:
+            return run(job_id, context.runtime())
+        except (OperationalError, RedisConnectionError) as exc:  # the database or Redis blinked
+            log.warning("job %s: %s; retrying", job_id, exc.__class__.__name__)
+            raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
 
-
-@app.task(name=TASK_NAME, bind=True, max_retries=None)
-def run_turn(self, job_id: int, v: int = TASK_VERSION) -> str:
-    if v != TASK_VERSION:
-        log.error("task payload version %s not understood (expected %s); job %s", v, TASK_VERSION, job_id)
-        return "rejected"
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from sqlalchemy.exc import OperationalError
-
-    from worker.pipeline import run
-
-    try:
-        return run(job_id, runtime())
-    except (OperationalError, RedisConnectionError) as exc:  # the database or Redis blinked
-        log.warning("job %s: %s; retrying", job_id, exc.__class__.__name__)
-        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
-
-
-@app.task(name="qvl.ping")
-def ping(channel: str, token: str) -> None:
-    """Publish ``token`` on ``channel``: a bare round trip, for health checks and the
-    queue benchmark's baseline."""
-    runtime().redis.publish(channel, token)
+    return app

@@ -24,7 +24,7 @@ def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def qvl(*args: str, env: dict, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qvl.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -35,7 +35,7 @@ def service(tmp_path: Path):
 
     def start(env: dict) -> subprocess.Popen:
         log = (tmp_path / "up.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "qvl.cli", "up"], env=env, cwd=tmp_path,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, cwd=tmp_path,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(proc)
         deadline = time.monotonic() + 90

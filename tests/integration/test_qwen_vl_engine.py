@@ -233,7 +233,7 @@ def test_qvl_up_and_chat_with_qwen_vl_chat(tiny: Path, settings: Settings, tmp_p
                   QVL_MAX_NEW_TOKENS="8")
     env["PYTHONPATH"] = os.pathsep.join([*sys.path, str(stand_in)])
     log = tmp_path / "up.log"
-    up = subprocess.Popen([sys.executable, "-m", "qvl.cli", "up"], env=env, cwd=tmp_path,
+    up = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, cwd=tmp_path,
                           stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         import time

@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 from PIL import Image, ImageDraw
 
-from qvl.tiny import FAMILIES, PROCESSOR_CLASS
 from worker.engines.base import ChatTurn, EngineError
+from worker.engines.tiny import FAMILIES, PROCESSOR_CLASS
 from worker.engines.transformers_engine import TransformersEngine
 
 # The old Qwen-VL tags, and the added tokens of Qwen2.5/3-VL that are not
@@ -63,7 +63,7 @@ def test_tiny_models_load_with_the_auto_classes(family: str, tiny_model_factory)
 
 
 def test_make_tiny_is_deterministic_and_quick(tmp_path) -> None:
-    from qvl.tiny import make_tiny
+    from worker.engines.tiny import make_tiny
 
     start = time.perf_counter()
     first = make_tiny(tmp_path / "a", "qwen2.5-vl")

@@ -10,7 +10,7 @@ SEED = '<ref>"击掌"</ref><box>(211,412),(577,891)</box>'
 
 
 def qvl(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "qvl.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "cli", *args], input=stdin,
                           capture_output=True, text=True, timeout=60)
 
 

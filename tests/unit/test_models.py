@@ -29,7 +29,7 @@ def test_settings_override_inference():
 
 
 def test_qvl_models_lists_them():
-    run = subprocess.run([sys.executable, "-m", "qvl.cli", "models"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "cli", "models"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "QVL_MODEL": "qwen-vl-plus", "HOME": "/tmp"})
     assert run.returncode == 0, run.stderr
     assert "Qwen/Qwen3-VL-2B-Instruct" in run.stdout and "22.6 GB" in run.stdout

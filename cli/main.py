@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from qvl.errors import UserFacingError
+from qvl.models import Family
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     draw = sub.add_parser("draw", help="parse a model answer's boxes and draw them on a picture")
     draw.add_argument("image", type=Path, help="the picture the answer is about")
     draw.add_argument("--family", required=True,
-                      choices=["qwen-vl", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"],
+                      choices=[f.value for f in Family],
                       help="the model generation that wrote the answer")
     draw.add_argument("--text", required=True, help="the model's answer; '-' reads standard input")
     draw.add_argument("--input-size", metavar="WxH", type=_size,
@@ -87,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="model weights").add_subparsers(metavar="ACTION")
     tiny = model.add_parser("make-tiny", help="write a tiny random-weight model to smoke-test without a GPU")
     tiny.add_argument("directory", type=Path)
-    tiny.add_argument("--family", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
+    tiny.add_argument("--family", default=Family.QWEN2_VL.value,
+                      choices=[f.value for f in Family if f is not Family.QWEN_VL])
     tiny.set_defaults(func=cmd_make_tiny)
 
     download = model.add_parser("download", help="fetch a model's weights (Hugging Face or modelscope:ID)")
@@ -141,15 +143,15 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from qvl.service import up
+    from cli.service import up
     from qvl.settings import Settings
 
     return up(Settings())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from cli.service import prepare, run_worker
     from qvl.queue import redis_url
-    from qvl.service import prepare, run_worker
     from qvl.settings import Settings
 
     settings = Settings()
@@ -199,7 +201,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from qvl.tiny import make_tiny
+    from worker.engines.tiny import make_tiny
 
     path = make_tiny(args.directory, args.family)
     print(f"wrote a tiny random-weight {args.family} model to {path}")
@@ -208,9 +210,8 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from qvl.models import table
+    from qvl.models import engine_and_family, table
     from qvl.settings import Settings
-    from worker.engines import engine_and_family
 
     settings = Settings()
     print(table())
@@ -220,8 +221,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_model_download(args: argparse.Namespace) -> int:
+    from qvl.models import engine_and_family
     from qvl.settings import Settings
-    from worker.engines import engine_and_family
     from worker.engines.remote_code import UntrustedCode, pinned_revision
     from worker.engines.weights import resolve_model
 
@@ -241,7 +242,7 @@ def cmd_model_download(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_queue(args: argparse.Namespace) -> int:
-    from qvl.bench import bench_queue
+    from cli.bench import bench_queue
     from qvl.settings import Settings
 
     return bench_queue(Settings(), turns=args.turns, concurrency=args.concurrency)

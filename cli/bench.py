@@ -62,9 +62,29 @@ def _row(n: int, label: str, samples: list[float]) -> None:
     print(f"{n:>13} {label:>24} {statistics.median(samples):>8.2f} {q[98]:>8.2f}")
 
 
+PING = "qvl.bench.ping"
+
+
+def bench_app(settings: Settings, url: str):
+    """The worker's app plus a bare ``ping`` task (publish a token back): the raw Celery
+    round trip the benchmark measures qvl against. Not part of the production app."""
+    import redis
+
+    from worker.app import create_app
+
+    app = create_app(settings, url)
+    client = redis.Redis.from_url(url)
+
+    @app.task(name=PING)
+    def ping(channel: str, token: str) -> None:
+        client.publish(channel, token)
+
+    return app
+
+
 def _start_worker(settings: Settings) -> subprocess.Popen:
     env = os.environ | settings.as_env()
-    process = subprocess.Popen([sys.executable, "-m", "qvl.cli", "worker", "--pool", "prefork", "-c", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "cli.bench", "worker"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     asyncio.run(_raw_round_trips(settings, settings.redis_url, 1, 4, timeout=60))  # warm, and wait for it
     return process
@@ -89,7 +109,7 @@ async def _raw_round_trips(settings: Settings, url: str, n: int, turns: int, tim
         future = asyncio.get_running_loop().create_future()
         waiting[token] = future
         start = time.perf_counter()
-        await asyncio.to_thread(celery.send_task, "qvl.ping", kwargs={"channel": channel, "token": token},
+        await asyncio.to_thread(celery.send_task, PING, kwargs={"channel": channel, "token": token},
                                 queue=settings.queue)
         return (await future - start) * 1000
 
@@ -157,3 +177,17 @@ async def _cleanup(url: str, ns: str) -> None:
     async for key in redis.scan_iter(f"{ns}:*"):
         await redis.delete(key)
     await redis.aclose()
+
+
+def _worker_main() -> int:
+    """``python -m cli.bench worker``: the benchmark's worker (2 prefork processes, with ping)."""
+    from cli.service import run_worker
+    from qvl.queue import redis_url
+
+    settings = Settings()
+    url = redis_url(settings)
+    return run_worker(settings, url, concurrency=2, pool="prefork", app=bench_app(settings, url))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["worker"]:
+    sys.exit(_worker_main())

@@ -8,6 +8,7 @@ import os
 import threading
 
 from qvl.errors import UserFacingError
+from qvl.models import EngineKind, engine_and_family
 from qvl.queue import embedded_marker, start_embedded_redis
 from qvl.settings import Settings
 
@@ -26,7 +27,9 @@ def up(settings: Settings) -> int:
     url = settings.redis_url
     if not url:
         server, url = start_embedded_redis(settings)
-    print(f"qvl is up: model {settings.model}, "
+    engine, _ = engine_and_family(settings)
+    serving = "engine echo (no model)" if engine == EngineKind.ECHO else f"model {settings.model}"
+    print(f"qvl is up: {serving}, "
           f"database {_safe(settings.resolved_database_url())}, Redis {_safe(url)}")
     print("Talk to it from another terminal: qvl chat PICTURE.jpg --text 'What is in this picture?'")
     start_frontends(settings, url)
@@ -78,11 +81,12 @@ def _in_thread(name: str, coro) -> threading.Thread:
     return thread
 
 
-def run_worker(settings: Settings, url: str, *, concurrency: int = 1, pool: str = "solo") -> int:
+def run_worker(settings: Settings, url: str, *, concurrency: int = 1, pool: str = "solo", app=None) -> int:
     """Run a Celery worker for the turn queue in this process (blocks)."""
-    os.environ["REDIS_URL"] = url  # worker.app reads settings at import
-    from worker.app import app
+    if app is None:
+        from worker.app import create_app
 
+        app = create_app(settings, url)
     argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", "-Q", settings.queue,
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "-n", f"qvl@{os.uname().nodename}"]
     try:

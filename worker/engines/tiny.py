@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+from qvl.models import Family
+
+FAMILIES = (Family.QWEN2_VL, Family.QWEN25_VL, Family.QWEN3_VL)
 
 # Added tokens in the order of the real tokenizers (ids 151643...), with their
 # "special" flag. Only the order matters here: ids follow the tiny vocabulary.
