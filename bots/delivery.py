@@ -14,12 +14,11 @@ import redis.asyncio as aioredis
 from sqlalchemy.orm import Session, sessionmaker
 
 from qvl import events
-from qvl.protocol import Reply, ReplyImage
+from qvl.messages import say
+from qvl.protocol import FINAL_STATES, Event, ImagePart, JobState, Reply, ReplyImage, parts_text
 from storage import repo
 
 log = logging.getLogger(__name__)
-
-FINAL = ("done", "failed", "cancelled")
 
 
 class Delivery:
@@ -44,9 +43,9 @@ class Delivery:
                 deadline = asyncio.get_running_loop().time() + sweep_s
                 while (left := deadline - asyncio.get_running_loop().time()) > 0:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-                    event = events.decode(message["data"]) if message else None
-                    if event and event[1] in FINAL:
-                        reply = await asyncio.to_thread(self._claim_one, event[0])
+                    event = Event.decode(message["data"]) if message else None
+                    if event and event.state in FINAL_STATES:
+                        reply = await asyncio.to_thread(self._claim_one, event.job_id)
                         if reply is not None:
                             yield reply
         finally:
@@ -67,13 +66,13 @@ class Delivery:
         user = job.message
         base = dict(platform=job.platform, chat_id=user.chat_id, job_id=job.id, thread_id=user.thread_id,
                     reply_to_message_id=user.platform_message_id, user_id=user.user_id)
-        if job.status != "done" or job.reply_message is None:
-            return Reply(text=job.error or "Sorry, that did not work.", error=True, **base)
+        if job.status != JobState.DONE or job.reply_message is None:
+            return Reply(text=job.error or say("sorry", user.language), error=True, **base)
         parts = job.reply_message.parts
-        text = "\n".join(p["text"] for p in parts if p.get("type") == "text").strip()
+        text = parts_text(parts)
         images = []
-        for n, part in enumerate(p for p in parts if p.get("type") == "image"):
-            blob = repo.get_image(session=session, sha256=part["sha256"])
+        for n, part in enumerate(p for p in parts if isinstance(p, ImagePart)):
+            blob = repo.get_image(session=session, sha256=part.sha256)
             if blob is not None:
                 images.append(ReplyImage(blob.data, blob.mime, f"boxes-{job.id}-{n + 1}.jpg"))
         return Reply(text=text, images=tuple(images), **base)
@@ -86,7 +85,7 @@ class Delivery:
     def _claim_one(self, job_id: int) -> Reply | None:
         with self.sessions() as session:
             job = repo.get_job(session=session, job_id=job_id)
-            if job is None or job.status not in ("done", "failed"):
+            if job is None or job.status not in (JobState.DONE, JobState.FAILED):
                 return None
             if not repo.claim_delivery(session=session, job_id=job_id):
                 return None

@@ -7,9 +7,16 @@ an optional ``.env`` file. Passed in through constructors, never read deep insid
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from qvl.models import EngineKind, Family
+from qvl.protocol import Scope
+
+# A comma-separated list of ids in the environment, a set in the program (empty: any).
+Ids = Annotated[frozenset[str], NoDecode]
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 # Qwen-VL-Chat's own code may run only at these revisions (the Hugging Face commits
@@ -37,10 +44,11 @@ class Settings(BaseSettings):
     namespace: str = Field("qvl", description="prefix of queue names and Redis keys (several deployments on one Redis)")
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face id, modelscope:ORG/NAME, or a local directory")
-    engine: str = Field("auto", description="auto (from the model) | transformers | qwen-vl | openai | echo | module:Class")
-    family: str | None = Field(None, description="qwen-vl | qwen2-vl | qwen2.5-vl | qwen3-vl; default: from the model")
+    engine: str = Field(EngineKind.AUTO, description="auto (from the model) | transformers | qwen-vl | openai | "
+                                                     "echo | module:Class")
+    family: Family | None = Field(None, description="qwen-vl | qwen2-vl | qwen2.5-vl | qwen3-vl; default: from the model")
     device: str = Field("auto", description="torch device for the transformers and qwen-vl engines")
-    quantize: str = Field("none", description="none | nf4: load the qwen-vl engine's model in 4-bit NF4 "
+    quantize: Literal["none", "nf4"] = Field("none", description="none | nf4: load the qwen-vl engine's model in 4-bit NF4 "
                                               "(bitsandbytes, as Qwen-VL-Chat's card sets it up)")
     qwen_vl_trusted: str = Field(
         QWEN_VL_TRUSTED, description="comma-separated ORG/NAME@REVISION or sha256:DIGEST whose own code "
@@ -67,9 +75,9 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("DISCORD_TOKEN", "QVL_DISCORD_TOKEN"),
         description="the Discord bot's token; set it and `qvl up` starts the Discord frontend")
-    discord_allowed_guilds: str = Field("", description="comma-separated server ids the bot serves (empty: any)")
-    discord_allowed_channels: str = Field("", description="comma-separated channel ids it answers in (empty: any)")
-    discord_allowed_roles: str = Field("", description="comma-separated role ids a member needs (empty: none)")
+    discord_allowed_guilds: Ids = Field(frozenset(), description="comma-separated server ids the bot serves (empty: any)")
+    discord_allowed_channels: Ids = Field(frozenset(), description="comma-separated channel ids it answers in (empty: any)")
+    discord_allowed_roles: Ids = Field(frozenset(), description="comma-separated role ids a member needs (empty: none)")
     discord_trigger: str = Field("", description="a prefix that also makes the bot answer, e.g. '!q'")
     discord_stream: bool = Field(False, description="edit a reply as the answer is written (at most once a second)")
     discord_queue_notice_s: float = Field(3.0, description="show the queue position after waiting this long")
@@ -82,13 +90,34 @@ class Settings(BaseSettings):
         description="the puppet service's token")
     wechat_trigger: str = Field("", description="a prefix that also makes the bot answer in rooms, e.g. '/q'")
     wechat_private: bool = Field(True, description="answer every message in private chats")
-    wechat_rooms: str = Field("", description="comma-separated room ids the bot serves (empty: any)")
-    wechat_admins: str = Field("", description="comma-separated contact ids allowed admin commands")
-    wechat_scope: str = Field("user", description="user (per user in a room) or room (shared)")
+    wechat_rooms: Ids = Field(frozenset(), description="comma-separated room ids the bot serves (empty: any)")
+    wechat_admins: Ids = Field(frozenset(), description="comma-separated contact ids allowed admin commands")
+    wechat_scope: Scope = Field(Scope.USER, description="user (per user in a room) or shared (one per room)")
     wechat_picture_window_s: float = Field(180, description="a picture joins its sender's next question within this")
 
     turn_timeout_s: int = Field(1800, description="a turn unacknowledged this long after a worker died is redone")
     stream_interval_s: float = Field(0.5, description="least time between streamed partial answers")
+
+    @field_validator("discord_allowed_guilds", "discord_allowed_channels", "discord_allowed_roles",
+                     "wechat_rooms", "wechat_admins", mode="before")
+    @classmethod
+    def _ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value in set(EngineKind) or ":" in value:
+            return value
+        names = ", ".join(e.value for e in EngineKind)
+        raise ValueError(f"unknown engine {value!r}: use {names} or package.module:Class")
+
+    @field_validator("wechat_scope", mode="before")
+    @classmethod
+    def _scope(cls, value: object) -> object:
+        return Scope.parse(value) or value if isinstance(value, str) else value
 
     def resolved_database_url(self) -> str:
         """The database URL in force: ``DATABASE_URL`` or SQLite under ``data_dir``."""
@@ -98,7 +127,7 @@ class Settings(BaseSettings):
 
     def as_env(self) -> dict[str, str]:
         """Environment variables that give a child process exactly these settings."""
-        env = {f"QVL_{name.upper()}": str(value) for name, value in self.model_dump().items()
+        env = {f"QVL_{name.upper()}": _env_value(value) for name, value in self.model_dump().items()
                if value is not None and name not in ("database_url", "redis_url", "discord_token", "wechat_token",
                                                      "openai_api_key")}
         for name in ("discord_token", "wechat_token", "openai_api_key"):
@@ -110,11 +139,12 @@ class Settings(BaseSettings):
             env["REDIS_URL"] = self.redis_url
         return env
 
-    @staticmethod
-    def ids(value: str) -> frozenset[str]:
-        """A comma-separated list of ids as a set (empty: no restriction)."""
-        return frozenset(v.strip() for v in value.split(",") if v.strip())
-
     @property
     def queue(self) -> str:
         return f"{self.namespace}.turns"
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, frozenset | set):
+        return ",".join(sorted(value))
+    return str(value)

@@ -16,11 +16,6 @@ MIGRATIONS_DIR = _HERE / "migrations"
 _MIGRATION_LOCK_ID = 0x71766C
 
 
-def default_database_url(data_dir: Path) -> str:
-    """Return the SQLite URL of the database file in ``data_dir``."""
-    return f"sqlite:///{Path(data_dir)}/qvl.sqlite3"
-
-
 def normalize_url(url: str) -> str:
     """Return ``url`` with ``postgres://`` and ``postgresql://`` mapped to the psycopg 3 driver."""
     for prefix in ("postgresql://", "postgres://"):

@@ -26,9 +26,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from qvl.protocol import STORED_STATES, JobState, Part, decode_parts, encode_parts
+
 ROLES: Final = ("user", "assistant")
 MESSAGE_STATUSES: Final = ("pending", "done", "failed")
-JOB_STATUSES: Final = ("queued", "running", "done", "failed", "cancelled")
+JOB_STATUSES: Final = tuple(s.value for s in STORED_STATES)
 
 # Named constraints, so that SQLite batch migrations can find them later.
 NAMING_CONVENTION: Final = {
@@ -71,6 +73,41 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:  # SQLite stores the UTC wall time without an offset
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class Parts(TypeDecorator[tuple[Part, ...]]):
+    """A message's parts: records in Python, JSON in SQL, validated both ways.
+
+    Raises ``ValueError`` on the way in for anything that is not a list of parts
+    (:func:`qvl.protocol.decode_parts` accepts records and their JSON form alike).
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> list[dict[str, Any]] | None:
+        if value is None:
+            return None
+        return encode_parts(decode_parts(list(value) if isinstance(value, tuple) else value))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> tuple[Part, ...] | None:
+        if value is None:
+            return None
+        return decode_parts(value)
+
+
+class State(TypeDecorator[JobState]):
+    """A job's state: a :class:`JobState` in Python, its value as text in SQL (drivers
+    differ on how they would write an enum on their own)."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else JobState(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> JobState | None:
+        return None if value is None else JobState(value)
 
 
 class Base(DeclarativeBase):
@@ -121,8 +158,10 @@ class Message(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(16))
-    parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    parts: Mapped[tuple[Part, ...]] = mapped_column(Parts)
     status: Mapped[str] = mapped_column(String(16), default="pending")
+    # The asker's language ("zh", or None for English): errors are stored in it.
+    language: Mapped[str | None] = mapped_column(String(8))
     platform: Mapped[str] = mapped_column(String(32))
     platform_message_id: Mapped[str | None] = mapped_column(String(128))
     chat_id: Mapped[str | None] = mapped_column(String(128))
@@ -149,7 +188,7 @@ class Job(Base):
         ForeignKey("messages.id", ondelete="CASCADE"), unique=True
     )
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[JobState] = mapped_column(State, default=JobState.QUEUED)
     engine: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

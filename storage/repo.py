@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from qvl.protocol import JobState, Part, decode_parts
 from storage.models import Conversation, Image, Job, Message, SpaceSettings, utcnow
 
 _ERROR_MAX_CHARS = 4000
@@ -41,11 +42,6 @@ def get_or_create_conversation(*, session: Session, platform: str, scope_key: st
     except IntegrityError:
         return session.scalars(query).one()
     return conversation
-
-
-def get_conversation(*, session: Session, conversation_id: int) -> Conversation | None:
-    """Return the conversation with this id, or None."""
-    return session.get(Conversation, conversation_id)
 
 
 def put_image(*, session: Session, data: bytes, mime: str, width: int, height: int) -> Image:
@@ -78,13 +74,10 @@ def get_image(*, session: Session, sha256: str) -> Image | None:
     return session.get(Image, sha256)
 
 
-def _check_parts(parts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not isinstance(parts, Sequence) or isinstance(parts, str | bytes):
-        raise ValueError("parts must be a list of {'type': ...} dicts")
-    for part in parts:
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise ValueError(f"bad message part {part!r}: expected a dict with a 'type'")
-    return list(parts)
+def _check_parts(parts: Sequence[Part]) -> tuple[Part, ...]:
+    if isinstance(parts, str | bytes) or not isinstance(parts, Sequence):
+        raise ValueError("parts must be a list of message parts")
+    return decode_parts(list(parts))
 
 
 def _message_by_platform_id(
@@ -114,7 +107,7 @@ def add_user_turn(
     *,
     session: Session,
     conversation: Conversation,
-    parts: Sequence[dict[str, Any]],
+    parts: Sequence[Part],
     platform: str,
     platform_message_id: str | None,
     chat_id: str | None,
@@ -122,6 +115,7 @@ def add_user_turn(
     user_id: str | None,
     user_name: str | None = None,
     reply_to_id: str | None = None,
+    language: str | None = None,
 ) -> tuple[Message, Job, bool]:
     """Record a user message (pending) and its job (queued); return ``(message, job, created)``.
 
@@ -144,6 +138,7 @@ def add_user_turn(
         user_id=user_id,
         user_name=user_name,
         reply_to_id=reply_to_id,
+        language=language,
         created_at=now,
     )
     try:
@@ -153,7 +148,7 @@ def add_user_turn(
             job = Job(
                 message_id=message.id,
                 conversation_id=conversation.id,
-                status="queued",
+                status=JobState.QUEUED,
                 attempts=0,
                 enqueued_at=now,
                 platform=platform,
@@ -210,7 +205,7 @@ def context_messages(
     if floor is None:
         raise LookupError(f"no conversation {conversation_id}")
     abandoned = exists().where(
-        Job.message_id == Message.id, Job.status.in_(("failed", "cancelled"))
+        Job.message_id == Message.id, Job.status.in_((JobState.FAILED, JobState.CANCELLED))
     )
     kept = and_(
         Message.id > floor,
@@ -258,9 +253,9 @@ def start_job(*, session: Session, job_id: int, engine: str) -> Job | None:
     Counts the attempt. Raises ``LookupError`` for an unknown job.
     """
     job = _lock_job(session, job_id)
-    if job.status not in ("queued", "running"):
+    if job.status not in (JobState.QUEUED, JobState.RUNNING):
         return None
-    job.status = "running"
+    job.status = JobState.RUNNING
     job.engine = engine
     job.started_at = utcnow()
     job.attempts += 1
@@ -268,7 +263,7 @@ def start_job(*, session: Session, job_id: int, engine: str) -> Job | None:
     return job
 
 
-def finish_job(*, session: Session, job_id: int, parts: Sequence[dict[str, Any]]) -> Message:
+def finish_job(*, session: Session, job_id: int, parts: Sequence[Part]) -> Message:
     """Store the assistant's answer, mark the job and its user message done; return the answer.
 
     Idempotent: a job already done returns its existing answer. Raises ``JobStateError``
@@ -277,9 +272,9 @@ def finish_job(*, session: Session, job_id: int, parts: Sequence[dict[str, Any]]
     """
     parts = _check_parts(parts)
     job = _lock_job(session, job_id)
-    if job.status == "done" and job.reply_message is not None:
+    if job.status == JobState.DONE and job.reply_message is not None:
         return job.reply_message
-    if job.status not in ("queued", "running"):
+    if job.status not in (JobState.QUEUED, JobState.RUNNING):
         raise JobStateError(f"job {job_id} is {job.status}; it cannot be finished")
     user = job.message
     now = utcnow()
@@ -297,7 +292,7 @@ def finish_job(*, session: Session, job_id: int, parts: Sequence[dict[str, Any]]
     )
     session.add(reply)
     session.flush()
-    job.status = "done"
+    job.status = JobState.DONE
     job.finished_at = now
     job.reply_message_id = reply.id
     job.reply_message = reply
@@ -315,9 +310,9 @@ def fail_job(*, session: Session, job_id: int, error: str) -> Job:
     unknown job.
     """
     job = _lock_job(session, job_id)
-    if job.status in ("done", "cancelled"):
+    if job.status in (JobState.DONE, JobState.CANCELLED):
         return job
-    job.status = "failed"
+    job.status = JobState.FAILED
     job.error = (error.strip() or "unknown error")[:_ERROR_MAX_CHARS]
     job.finished_at = utcnow()
     job.message.status = "failed"
@@ -325,33 +320,16 @@ def fail_job(*, session: Session, job_id: int, error: str) -> Job:
     return job
 
 
-def cancel_job(*, session: Session, job_id: int) -> bool:
-    """Cancel a job that is still queued; return whether it was (False once it has started)."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", finished_at=utcnow())
-        .execution_options(synchronize_session="fetch")
-    )
-    if result.rowcount != 1:
-        return False
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is not None:
-        job.message.status = "failed"
-        session.flush()
-    return True
-
-
 def queue_position(*, session: Session, job_id: int) -> int | None:
     """Return the job's 1-based place among queued jobs (by enqueue time), or None if not queued."""
     job = session.get(Job, job_id, populate_existing=True)
-    if job is None or job.status != "queued":
+    if job is None or job.status != JobState.QUEUED:
         return None
     ahead = or_(
         Job.enqueued_at < job.enqueued_at,
         and_(Job.enqueued_at == job.enqueued_at, Job.id <= job.id),
     )
-    return session.scalar(select(func.count(Job.id)).where(Job.status == "queued", ahead))
+    return session.scalar(select(func.count(Job.id)).where(Job.status == JobState.QUEUED, ahead))
 
 
 def undelivered_jobs(*, session: Session, platform: str, limit: int = 50) -> list[Job]:
@@ -361,7 +339,7 @@ def undelivered_jobs(*, session: Session, platform: str, limit: int = 50) -> lis
         .where(
             Job.platform == platform,
             Job.delivered_at.is_(None),
-            Job.status.in_(("done", "failed")),
+            Job.status.in_((JobState.DONE, JobState.FAILED)),
         )
         .order_by(Job.finished_at, Job.id)
         .limit(limit)

@@ -28,21 +28,14 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, s
     pictures, corrupt pictures and decompression bombs. GIFs give their first frame.
     """
     if len(data) > limits.max_bytes:
-        raise BadImage(
-            f"That picture is too large ({len(data) // 1_048_576} MB; the limit is "
-            f"{limits.max_bytes // 1_048_576} MB).",
-            zh=f"图片太大（上限 {limits.max_bytes // 1_048_576} MB）。",
-        )
+        raise BadImage.of("picture_too_large_mb", size=len(data) // 1_048_576, mb=limits.max_bytes // 1_048_576)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             fmt = image.format or ""
             if image.width * image.height > limits.max_pixels:
-                raise BadImage(
-                    f"That picture has too many pixels ({image.width}×{image.height}).",
-                    zh="图片像素过多。",
-                )
+                raise BadImage.of("too_many_pixels", width=image.width, height=image.height)
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -50,9 +43,9 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, s
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage("That picture is too large to open safely.", zh="图片过大，无法安全打开。") from exc
+        raise BadImage.of("picture_unsafe") from exc
     except UnidentifiedImageError as exc:
-        raise BadImage("That file is not a picture I can read.", zh="无法识别这个文件的图片格式。") from exc
+        raise BadImage.of("picture_unreadable") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise BadImage("That picture seems to be damaged.", zh="图片似乎已损坏。") from exc
+        raise BadImage.of("picture_damaged") from exc
     return image, Image.MIME.get(fmt, "application/octet-stream")

@@ -12,6 +12,9 @@ from PIL import Image
 
 from qvl import events
 from qvl.errors import UserFacingError
+from qvl.messages import say
+from qvl.models import engine_and_family
+from qvl.protocol import BoxesPart, Event, ImagePart, JobState, Part, TextPart
 from qvl.settings import Settings
 from storage import repo
 from storage.db import make_engine, make_sessionmaker
@@ -22,8 +25,6 @@ from worker.images import BadImage, Limits, decode_image
 from worker.prompt.context import StoredTurn, build_window
 
 log = logging.getLogger(__name__)
-
-SORRY = "Sorry, something went wrong while answering. Please try again."
 
 
 class Runtime:
@@ -37,8 +38,6 @@ class Runtime:
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
         self.limits = Limits(settings.image_max_bytes, settings.image_max_pixels)
-        from worker.engines import engine_and_family
-
         self.engine_label = f"{engine_and_family(settings)[0]}:{settings.model}"[:64]
 
     @property
@@ -64,20 +63,22 @@ def run(job_id: int, rt: Runtime) -> str:
             session.commit()
             log.info("job %s already finished; skipping", job_id)
             return "skipped"
-        platform = job.platform
+        platform, language = job.platform, job.message.language
         turns, blobs = _load_context(session, job, rt.settings)
         session.commit()
-    _publish(rt, platform, job_id, "running")
+    _publish(rt, platform, job_id, JobState.RUNNING)
     try:
         _answer(job_id, rt, turns, blobs, _streamer(rt, platform, job_id))
-    except UserFacingError as exc:
-        log.info("job %s failed for the user: %s", job_id, exc.message)
-        return _fail(rt, platform, job_id, exc.message)
+    except UserFacingError as exc:  # engines' and pictures' errors: the user reads them
+        cause = exc.__cause__
+        log.warning("job %s failed: %s%s", job_id, exc.message,
+                    f" (cause: {type(cause).__name__}: {cause})" if cause else "")
+        return _fail(rt, platform, job_id, exc.text(language))
     except Exception:
         log.exception("job %s crashed", job_id)
-        return _fail(rt, platform, job_id, SORRY)
+        return _fail(rt, platform, job_id, say("sorry", language))
     rt.redis.delete(events.partial_key(rt.settings.namespace, job_id))
-    _publish(rt, platform, job_id, "done")
+    _publish(rt, platform, job_id, JobState.DONE)
     return "done"
 
 
@@ -110,9 +111,8 @@ def _answer(job_id: int, rt: Runtime, turns: list[StoredTurn], blobs: dict,
 
 
 def _stored(message) -> StoredTurn:
-    text = " ".join(p.get("raw", p.get("text", "")) for p in message.parts if p.get("type") == "text")
-    shas = tuple(p["sha256"] for p in message.parts
-                 if p.get("type") == "image" and not p.get("annotated"))
+    text = " ".join(p.raw if p.raw is not None else p.text for p in message.parts if isinstance(p, TextPart))
+    shas = tuple(p.sha256 for p in message.parts if isinstance(p, ImagePart) and not p.annotated)
     return StoredTurn(message.role, text, shas)
 
 
@@ -131,14 +131,14 @@ def _decode_all(blobs: dict, *, current: tuple[str, ...], limits: Limits) -> dic
 
 
 def annotate(raw: str, engine: Engine, *, pictures: list[str], images: dict[str, Image.Image],
-             store: Callable[[bytes, tuple[int, int]], str]) -> list[dict]:
+             store: Callable[[bytes, tuple[int, int]], str]) -> list[Part]:
     """The assistant message's parts: cleaned text, boxes in pixels, annotated pictures.
 
     Boxes are drawn on the picture the answer names ("Picture 2"), else on the
     latest picture of the window, as the model card's ``draw_bbox_on_latest_picture``.
     """
     parsed = parse(raw, engine.family)
-    parts: list[dict] = [{"type": "text", "text": parsed.text, "raw": raw}]
+    parts: list[Part] = [TextPart(parsed.text, raw=raw)]
     if parsed.skipped:
         log.info("grounding skipped: %s", "; ".join(parsed.skipped))
     if not parsed.boxes or not pictures:
@@ -159,8 +159,8 @@ def annotate(raw: str, engine: Engine, *, pictures: list[str], images: dict[str,
         out = io.BytesIO()
         drawn = draw_boxes(image, boxes)
         drawn.save(out, "JPEG", quality=90)
-        parts.append({"type": "boxes", "image": sha, "boxes": [b.as_json() for b in boxes]})
-        parts.append({"type": "image", "sha256": store(out.getvalue(), drawn.size), "annotated": True})
+        parts.append(BoxesPart(sha, tuple(boxes)))
+        parts.append(ImagePart(store(out.getvalue(), drawn.size), annotated=True))
     return parts
 
 
@@ -169,13 +169,13 @@ def _fail(rt: Runtime, platform: str, job_id: int, message: str) -> str:
         repo.fail_job(session=session, job_id=job_id, error=message)
         session.commit()
     rt.redis.delete(events.partial_key(rt.settings.namespace, job_id))
-    _publish(rt, platform, job_id, "failed")
+    _publish(rt, platform, job_id, JobState.FAILED)
     return "failed"
 
 
-def _publish(rt: Runtime, platform: str, job_id: int, state: str) -> None:
+def _publish(rt: Runtime, platform: str, job_id: int, state: JobState) -> None:
     try:
-        rt.redis.publish(events.channel(rt.settings.namespace, platform), events.encode(job_id, state))
+        rt.redis.publish(events.channel(rt.settings.namespace, platform), Event(job_id, state).encode())
     except redis_lib.RedisError:  # SQL holds the truth; adapters also sweep it
         log.warning("could not publish %s for job %s", state, job_id)
 
@@ -196,6 +196,6 @@ def _streamer(rt: Runtime, platform: str, job_id: int) -> Callable[[str], None]:
                          ex=events.PARTIAL_TTL_S)
         except redis_lib.RedisError:
             return
-        _publish(rt, platform, job_id, "streaming")
+        _publish(rt, platform, job_id, JobState.STREAMING)
 
     return on_text

@@ -1,4 +1,5 @@
-from bots.commands import command_of, say
+from bots.commands import command_of
+from qvl.messages import say
 
 
 def test_commands_in_english_and_chinese():

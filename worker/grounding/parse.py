@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 
-FAMILIES = ("qwen-vl", "qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+from qvl.models import Family
+
+FAMILIES = tuple(Family)
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ TAGS = {
         ("<|quad_start|>", "<|quad_end|>"),
     ),
 }
-JSON_FAMILIES = ("qwen2.5-vl", "qwen3-vl")
+JSON_FAMILIES = (Family.QWEN25_VL, Family.QWEN3_VL)
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _POINT = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
@@ -84,6 +87,11 @@ def clean_label(label: str | None) -> str | None:
 # --- tag formats (Qwen-VL, Qwen2-VL) -------------------------------------------------
 
 
+def _wide(char: str) -> bool:
+    """Whether ``char`` is written in a script without spaces between words (CJK)."""
+    return unicodedata.east_asian_width(char) in ("W", "F")
+
+
 def _parse_tags(text: str, tags: Tags) -> Parsed:
     opens = {tags.ref[0]: "ref", tags.box[0]: "box", tags.quad[0]: "quad"}
     closes = {"ref": tags.ref[1], "box": tags.box[1], "quad": tags.quad[1]}
@@ -114,8 +122,10 @@ def _parse_tags(text: str, tags: Tags) -> Parsed:
         pos = len(text) if end < 0 else end + len(closes[kind])
         if kind == "ref":
             _end_ref(label, unboxed, skipped)
-            if "".join(out)[-1:].strip() and body[:1].strip():
-                out.append(" ")  # "<ref>a</ref><box>…</box><ref>b</ref>" reads "a b", not "ab"
+            before, after = "".join(out)[-1:], body[:1]
+            if before.strip() and after.strip() and not (_wide(before) or _wide(after)):
+                out.append(" ")  # "<ref>a</ref><box>…</box><ref>b</ref>" reads "a b", not "ab";
+                # Chinese and Japanese are written without spaces, so none next to them
             out.append(body if end >= 0 else _strip_partial_tag(body, all_tags))
             label, unboxed = clean_label(body), True
             continue

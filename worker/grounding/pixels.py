@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from qvl.protocol import Box
 from worker.grounding.parse import Parsed, RawBox
 
 # Qwen2.5-VL's published processor (preprocessor_config.json of the Instruct checkpoints):
@@ -12,21 +12,6 @@ from worker.grounding.parse import Parsed, RawBox
 QWEN25_FACTOR = 28
 QWEN25_MIN_PIXELS = 56 * 56
 QWEN25_MAX_PIXELS = 12_845_056
-
-
-@dataclass(frozen=True)
-class Box:
-    """A box in original-image pixels: 0 <= x1 < x2 <= width, 0 <= y1 < y2 <= height."""
-
-    label: str | None
-    box: tuple[int, int, int, int]
-    picture: int | None = None
-
-    def as_json(self) -> dict:
-        out: dict = {"label": self.label, "box": list(self.box)}
-        if self.picture is not None:
-            out["picture"] = self.picture
-        return out
 
 
 def smart_resize(

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from worker.engines.base import ChatTurn
 from worker.prompt.sanitize import defuse
+from worker.prompt.turns import ChatTurn
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,6 @@ class Window:
 
     turns: list[ChatTurn]
     pictures: list[str]  # sha256 of each picture in the window, oldest first
-    dropped_turns: int = 0
-    dropped_images: int = 0
 
 
 def build_window(
@@ -48,20 +46,16 @@ def build_window(
     """
     budget = token_budget - (count_tokens(defuse(system)) if system else 0)  # counted as sent
     kept: list[tuple[StoredTurn, tuple[str, ...]]] = []
-    n_images = dropped_images = 0
+    n_images = 0
     for i, turn in enumerate(reversed(history)):
         shown = []
         for sha in reversed(turn.images):
             if sha in images and n_images < max_images:
                 shown.append(sha)
                 n_images += 1
-            else:
-                dropped_images += 1
         shown.reverse()
         cost = count_tokens(defuse(turn.text)) + sum(image_tokens(*images[s].size) for s in shown) + 4
         if i > 0 and cost > budget:
-            n_images -= len(shown)
-            dropped_images += len(shown)
             break
         budget -= cost
         kept.append((turn, tuple(shown)))
@@ -71,4 +65,4 @@ def build_window(
     turns = [ChatTurn("system", defuse(system))] if system else []
     turns += [ChatTurn(t.role, defuse(t.text), tuple(images[s] for s in shown)) for t, shown in kept]
     pictures = [s for _, shown in kept for s in shown]
-    return Window(turns, pictures, len(history) - len(kept), dropped_images)
+    return Window(turns, pictures)
