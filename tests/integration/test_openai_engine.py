@@ -164,7 +164,7 @@ def test_500_three_times_raises_with_the_servers_message(server):
 
 def test_400_raises_at_once_without_retry(server):
     server.script = [(400, {}, error("max_tokens is too large"))]
-    with pytest.raises(EngineError, match="refused the request: max_tokens is too large"):
+    with pytest.raises(EngineError, match="refused this request: max_tokens is too large"):
         engine(server).generate([ChatTurn("user", "hi")], max_new_tokens=5)
     assert len(server.requests) == 1
 

@@ -7,23 +7,14 @@ import importlib.metadata
 from pathlib import Path
 
 from qvl.errors import UserFacingError
+from qvl.models import EngineKind, Family, engine_and_family
 from qvl.settings import Settings
 from worker.engines.base import ChatTurn, Engine, EngineError
 
-__all__ = ["ChatTurn", "Engine", "EngineError", "load_engine"]
+__all__ = ["ChatTurn", "Engine", "EngineError", "engine_and_family", "fetch_model", "load_engine"]
 
 
 DASHSCOPE = "https://dashscope.aliyuncs.com/compatible-mode/v1"
-
-
-def engine_and_family(settings: Settings) -> tuple[str, str | None]:
-    """The engine and box format in force: the settings', else inferred from the model."""
-    from qvl.models import infer
-
-    engine, family = infer(settings.model)
-    if settings.engine != "auto":
-        engine = settings.engine
-    return engine or "transformers", settings.family or family
 
 
 def fetch_model(settings: Settings) -> Path | None:
@@ -35,17 +26,15 @@ def fetch_model(settings: Settings) -> Path | None:
     :class:`UserFacingError` (including ``ModelUnavailable``) with what to do.
     """
     kind, _ = engine_and_family(settings)
-    if kind not in ("transformers", "qwen-vl"):
+    if kind not in (EngineKind.TRANSFORMERS, EngineKind.QWEN_VL):
         return None
     from worker.engines import remote_code
     from worker.engines.weights import is_local, resolve_model
 
     cache = settings.data_dir / "models"
-    if kind == "transformers":
+    if kind == EngineKind.TRANSFORMERS:
         _require_transformers_5()
         return resolve_model(settings.model, cache_dir=cache)
-    if settings.quantize not in ("none", "nf4"):
-        raise UserFacingError(f"QVL_QUANTIZE must be none or nf4, not {settings.quantize!r}.")
     if is_local(settings.model):
         path = resolve_model(settings.model)
         remote_code.check_directory(path, settings.qwen_vl_trusted)
@@ -73,24 +62,24 @@ def load_engine(settings: Settings) -> Engine:
     Raises ``ModelUnavailable`` (a :class:`UserFacingError`) when weights cannot be had.
     """
     kind, family = engine_and_family(settings)
-    if kind == "echo":
+    if kind == EngineKind.ECHO:
         from worker.engines.echo import EchoEngine
 
-        return EchoEngine(family=family or "qwen2-vl")
-    if kind == "transformers":
+        return EchoEngine(family=family or Family.QWEN2_VL)
+    if kind == EngineKind.TRANSFORMERS:
         path = fetch_model(settings)
         from worker.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(path, family=family, device=settings.device)
-    if kind == "openai":
+    if kind == EngineKind.OPENAI:
         from worker.engines.openai_engine import OpenAIEngine
 
         base = settings.openai_base_url or (DASHSCOPE if settings.model.startswith("qwen-vl-") else None)
         if not base:
             raise UserFacingError("QVL_ENGINE=openai needs QVL_OPENAI_BASE_URL (e.g. http://vllm:8000/v1).")
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        return OpenAIEngine(base, settings.model, family=family or "qwen2.5-vl", api_key=key)
-    if kind == "qwen-vl":
+        return OpenAIEngine(base, settings.model, family=family or Family.QWEN25_VL, api_key=key)
+    if kind == EngineKind.QWEN_VL:
         path = fetch_model(settings)
         from worker.engines.qwen_vl_engine import QwenVLEngine
 

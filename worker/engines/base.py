@@ -4,27 +4,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
-from PIL import Image
+from qvl.errors import UserFacingError
+from qvl.models import Family
+from worker.prompt.turns import ChatTurn
 
-
-@dataclass(frozen=True)
-class ChatTurn:
-    """One turn of the context window, oldest first.
-
-    ``text`` is already defused (no control tokens); ``images`` are decoded RGB
-    pictures that belong to this turn, shown before its text.
-    """
-
-    role: Literal["system", "user", "assistant"]
-    text: str
-    images: tuple[Image.Image, ...] = field(default=())
+__all__ = ["ChatTurn", "Engine", "EngineError", "one_line"]
 
 
-class EngineError(Exception):
-    """The engine failed in a way the user should hear about (message is user-facing)."""
+class EngineError(UserFacingError):
+    """The engine failed in a way the user should hear about: build it with
+    ``EngineError.of(key, **values)`` from the message table, so the user reads it in
+    their language; the cause (``raise … from exc``) goes to the operator's log."""
 
 
 def one_line(exc: BaseException) -> str:
@@ -37,7 +28,7 @@ class Engine(ABC):
     """A model backend. Implementations live one per file in ``worker/engines``."""
 
     name: str
-    family: str  # "qwen-vl" | "qwen2-vl" | "qwen2.5-vl" | "qwen3-vl"
+    family: Family
 
     @abstractmethod
     def generate(

@@ -7,6 +7,7 @@ with one box around the middle of the latest picture in the family's format.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from worker.engines.base import ChatTurn, Engine
@@ -14,6 +15,9 @@ from worker.grounding.parse import RawBox
 from worker.grounding.render import render
 
 BOX_WORDS = ("box", "frame", "框", "detect", "where", "locate")
+# "box the dog", "where is the red car?", "框出狗": what follows the box word is the label
+_ASKED = re.compile(r"(?:box|frame|detect|locate|where(?:'s| is| are)?|框出|框选|框)\s*(?:the |a |an )?([^?.!,，。？！\n]+)",
+                    re.IGNORECASE)
 
 
 class EchoEngine(Engine):
@@ -32,7 +36,7 @@ class EchoEngine(Engine):
                   f"in {talk} turn(s).")
         if pictures and any(w in last.text.lower() for w in BOX_WORDS):
             latest = next(img for t in reversed(turns) for img in reversed(t.images))
-            answer += " " + render([RawBox("thing", self._middle(*latest.size))], self.family)
+            answer += " " + render([RawBox(asked_for(last.text), self._middle(*latest.size))], self.family)
         if on_text:
             on_text(answer)
         return answer
@@ -47,3 +51,10 @@ class EchoEngine(Engine):
         from worker.grounding import smart_resize
 
         return smart_resize(width, height)
+
+
+def asked_for(text: str) -> str:
+    """What the question asks to box ("box the dog" → "dog"), at most 40 characters."""
+    match = _ASKED.search(text)
+    label = match[1].strip() if match else ""
+    return label[:40] or "object"

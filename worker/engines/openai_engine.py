@@ -18,19 +18,23 @@ import requests
 import urllib3
 from PIL import Image
 
-from worker.engines.base import ChatTurn, Engine, EngineError
+from qvl.models import Family
+from worker.engines.base import ChatTurn, Engine, EngineError, one_line
 from worker.grounding.pixels import smart_resize
 
 RETRY_AFTER_CAP_S = 30.0
-QWEN_PATCH_FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+QWEN_PATCH_FAMILIES = (Family.QWEN2_VL, Family.QWEN25_VL, Family.QWEN3_VL)
 
 
 class _Retryable(Exception):
-    """One attempt failed in a way another attempt may fix; carries the user-facing message."""
+    """One attempt failed in a way another attempt may fix; carries the error the user
+    reads if no attempt succeeds."""
 
-    def __init__(self, message: str, wait_s: float | None = None):
-        super().__init__(message)
+    def __init__(self, error: EngineError, wait_s: float | None = None, operator: str = ""):
+        super().__init__(error.message)
+        self.error = error
         self.wait_s = wait_s
+        self.operator = operator or error.message  # what happened, for the log
 
 
 def image_part(image: Image.Image) -> dict:
@@ -100,18 +104,20 @@ class OpenAIEngine(Engine):
         payload = {"model": self.model, "messages": to_messages(turns),
                    "max_tokens": max_new_tokens, "stream": self.stream, "temperature": 0}
         deadline = time.monotonic() + self.timeout_s
+        seen: list[str] = []  # what each failed attempt got, for the operator's log
         for attempt in range(self.retries):
             try:
                 return self._attempt(payload, deadline, on_text)
             except _Retryable as err:
                 last = err
+                seen.append(err.operator)
             if attempt == self.retries - 1:
                 break
             wait = last.wait_s if last.wait_s is not None else self.backoff_s * 2 ** attempt
             if time.monotonic() + wait >= deadline:
                 break
             time.sleep(wait)
-        raise EngineError(str(last))
+        raise last.error from RuntimeError(f"{len(seen)} attempt(s): {'; '.join(seen)}")
 
     def _attempt(self, payload: dict, deadline: float,
                  on_text: Callable[[str], None] | None) -> str:
@@ -123,9 +129,9 @@ class OpenAIEngine(Engine):
             resp = self._http.post(f"{self.base_url}/chat/completions", json=payload,
                                    headers=headers, stream=True, timeout=(min(left, 10), left))
         except requests.Timeout as err:
-            raise EngineError("The model server did not answer in time.") from err
+            raise EngineError.of("server_timeout") from err
         except requests.ConnectionError as err:
-            raise _Retryable("The model server cannot be reached right now.") from err
+            raise _Retryable(EngineError.of("server_unreachable"), operator=one_line(err)) from err
         with resp:
             if resp.status_code != 200:
                 self._refuse(resp, deadline)
@@ -136,10 +142,10 @@ class OpenAIEngine(Engine):
                 text = _content(json.loads(_read_all(resp, deadline)))
             except requests.RequestException as err:
                 if _timed_out(err):
-                    raise EngineError("The model server did not answer in time.") from err
-                raise EngineError("The model server broke off its answer.") from err
+                    raise EngineError.of("server_timeout") from err
+                raise EngineError.of("server_broke_off") from err
             except (ValueError, KeyError, IndexError, TypeError) as err:
-                raise EngineError("The model server sent an answer I cannot read.") from err
+                raise EngineError.of("server_unreadable") from err
         if on_text and text:
             on_text(text)
         return text
@@ -152,33 +158,35 @@ class OpenAIEngine(Engine):
             said = None
         code = resp.status_code
         if code == 429:
-            msg = "The model server is busy (429) — try again shortly."
-            raise _Retryable(f"{msg} ({said})" if said else msg, _retry_after(resp))
+            raise _Retryable(EngineError.of("server_busy"), _retry_after(resp), f"HTTP 429: {said or ''}")
         if code >= 500:
-            msg = f"The model server failed ({code})"
-            raise _Retryable(f"{msg}: {said}" if said else f"{msg}.", _retry_after(resp))
-        msg = "The model server refused the request"
-        raise EngineError(f"{msg}: {said}" if said else f"{msg} ({code}).")
+            raise _Retryable(EngineError.of("server_failed", detail=f"{code}: {said}" if said else code),
+                             _retry_after(resp), f"HTTP {code}: {said or ''}")
+        raise EngineError.of("server_refused", detail=said or f"HTTP {code}")
 
     def _read_stream(self, resp: requests.Response, deadline: float,
                      on_text: Callable[[str], None] | None) -> str:
-        text = ""
+        text, finished = "", False
         for line in _lines(resp, deadline):
             if not line.startswith("data:"):
                 continue  # SSE comments, event names, keep-alives
             data = line[5:].strip()
             if data == "[DONE]":
+                finished = True
                 break
             chunk = json.loads(data)
             if chunk.get("error"):
                 said = server_message(data) or "unknown error"
-                raise EngineError(f"The model server failed mid-answer: {said}")
+                raise EngineError.of("server_failed", detail=said)
             choices = chunk.get("choices") or [{}]
+            finished = finished or bool(choices[0].get("finish_reason"))
             piece = (choices[0].get("delta") or {}).get("content")
             if piece:
                 text += piece
                 if on_text:
                     on_text(text)
+        if not finished:  # the connection ended before the answer did: not a whole answer
+            raise EngineError.of("server_broke_off")
         return text
 
     def count_tokens(self, text: str) -> int:
@@ -202,7 +210,7 @@ class OpenAIEngine(Engine):
 def _left(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise EngineError("The model server did not answer in time.")
+        raise EngineError.of("server_timeout")
     return left
 
 

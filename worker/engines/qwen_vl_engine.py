@@ -99,7 +99,7 @@ class QwenVLEngine(Engine):
                         for t in turns if t.role != "system"]
             history, query = history_pairs(vl_turns)
         except ValueError as exc:
-            raise EngineError(f"This conversation cannot be shown to Qwen-VL-Chat: {exc}") from exc
+            raise EngineError.of("model_cannot_read", detail=str(exc)[:200]) from exc
         prompt = chatml_prompt(history, query, system=system, max_window_tokens=self._window,
                                count_tokens=self.count_tokens)
         if prompt.dropped_pairs:
@@ -113,10 +113,10 @@ class QwenVLEngine(Engine):
                                             system=system, append_history=False, generation_config=config,
                                             streamer=streamer)
         except torch.OutOfMemoryError as exc:
-            raise EngineError("The model ran out of GPU memory on this conversation; try /reset.") from exc
+            raise EngineError.of("model_out_of_memory") from exc
         except (ValueError, AssertionError) as exc:  # the remote code's own checks (paths, tags)
             if not streamer.ids:
-                raise EngineError(f"Qwen-VL-Chat could not read this conversation: {one_line(exc)}") from exc
+                raise EngineError.of("model_cannot_read", detail=one_line(exc)) from exc
             # The answer itself opened an <img> it never closed: its decoder refuses that.
             log.warning("qwen-vl: answer not decodable as a whole (%s); decoded without picture tags", exc)
             answer = streamer.text()

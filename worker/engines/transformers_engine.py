@@ -18,12 +18,13 @@ from transformers import AutoModelForImageTextToText, StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from worker.engines.base import ChatTurn, Engine, EngineError
+from qvl.models import Family
+from worker.engines.base import ChatTurn, Engine, EngineError, one_line
 from worker.engines.hf_compat import load_processor
 
 log = logging.getLogger(__name__)
 
-FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl"}
+FAMILY_OF_MODEL_TYPE = {"qwen2_vl": Family.QWEN2_VL, "qwen2_5_vl": Family.QWEN25_VL, "qwen3_vl": Family.QWEN3_VL}
 # Grounding markup the pipeline parses: decoded as text even though the
 # tokenizer marks these tokens special.
 GROUNDING_TOKENS = (
@@ -72,7 +73,7 @@ class TransformersEngine(Engine):
         except torch.OutOfMemoryError as exc:
             raise EngineError(f"The model at {path} does not fit in memory.") from exc
         except (OSError, ValueError, ImportError, KeyError, RuntimeError) as exc:
-            raise EngineError(f"Could not load the model at {path}: {_one_line(exc)}") from exc
+            raise EngineError(f"Could not load the model at {path}: {one_line(exc)}") from exc
         model_type = self.model.config.model_type
         self.family = family or FAMILY_OF_MODEL_TYPE.get(model_type, "")
         if not self.family:
@@ -121,7 +122,7 @@ class TransformersEngine(Engine):
                 sanitize_control_tokens=True,
             )
         except ValueError as exc:
-            raise EngineError(f"The model cannot read this conversation: {_one_line(exc)}") from exc
+            raise EngineError.of("model_cannot_read", detail=one_line(exc)) from exc
 
     def generate(
         self,
@@ -229,7 +230,7 @@ class TransformersEngine(Engine):
                 max_pixels=processor.size["longest_edge"],
             )
         except ValueError as exc:
-            raise EngineError(f"The model cannot read this picture: {_one_line(exc)}") from exc
+            raise EngineError.of("model_cannot_read_picture", detail=one_line(exc)) from exc
         return resized_width, resized_height
 
 
@@ -284,10 +285,10 @@ def _engine_error(exc: BaseException, device: str) -> EngineError:
     if isinstance(exc, torch.OutOfMemoryError):
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-        error = EngineError("The model ran out of memory; try a shorter conversation or a smaller picture.")
+        error = EngineError.of("model_out_of_memory")
     else:
         log.error("generation failed", exc_info=exc)
-        error = EngineError("The model failed while answering; please try again.")
+        error = EngineError.of("model_failed")
     error.__cause__ = exc
     return error
 
@@ -297,7 +298,3 @@ def _as_list(value) -> list[int]:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
