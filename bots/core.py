@@ -11,6 +11,7 @@ import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import redis.asyncio as aioredis
 from PIL import Image, UnidentifiedImageError
@@ -19,17 +20,26 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bots.commands import command_of, say
-from bots.delivery import FINAL, Delivery
+from bots.access import Policy, allowed, is_admin, policy_for
+from bots.commands import argument_of, command_of
+from bots.delivery import Delivery
 from bots.ratelimit import RateLimiter
+from bots.scope import may_join, scope_key
 from qvl import events
 from qvl.errors import UserFacingError
+from qvl.messages import say
 from qvl.protocol import (
+    FINAL_STATES,
     TASK_NAME,
     Accepted,
+    ImagePart,
     IncomingMessage,
+    JobState,
+    Part,
     Reply,
+    Scope,
     TaskMessage,
+    TextPart,
     TurnStatus,
 )
 from qvl.queue import make_celery, redis_url
@@ -79,36 +89,50 @@ class Core:
 
     # --- incoming -------------------------------------------------------------------
 
-    async def handle(self, msg: IncomingMessage) -> Accepted | Reply:
-        """Take one message: a command gets its Reply at once; a turn is queued.
+    async def handle(self, msg: IncomingMessage, *,
+                     pictures: Callable[[], Awaitable[tuple[bytes, ...]]] | None = None) -> Accepted | Reply:
+        """Take one message: decide whether it is served and whose conversation it joins
+        (from where it was written and the space's settings), answer commands at once,
+        queue a turn.
 
         A platform event delivered twice returns the first turn's job, marked
-        ``duplicate``, and queues nothing.
+        ``duplicate``, and queues nothing. A message in a place the bot does not serve
+        gets a Reply with ``key="not_allowed"``, which a frontend may keep quiet about.
+        ``pictures``, when given, downloads the message's pictures (attachments, links):
+        it is called only for a message the bot serves. Its ``UserFacingError`` propagates.
         """
         command = command_of(msg.text)
         if command == "help":
-            return self._reply_to(msg, say("help", msg.language))
+            return self._reply_to(msg, say("help", msg.language), key="help")
+        config, scope = await asyncio.to_thread(self._resolve, msg)
+        if not allowed(self.policy(msg.platform), config, msg.where):
+            log.info("not serving %s/%s in %s: not allowed", msg.platform, msg.user_id, msg.chat_id)
+            return self._reply_to(msg, say("not_allowed", msg.language), error=True, key="not_allowed")
         if command == "reset":
-            await asyncio.to_thread(self._reset, msg)
-            return self._reply_to(msg, say("reset", msg.language))
+            await asyncio.to_thread(self._reset, msg.platform, scope)
+            return self._reply_to(msg, say("reset", msg.language), key="reset")
+        if command == "scope":
+            return await self.configure(msg, scope=argument_of(msg.text) or "?")
+        if pictures is not None:
+            msg = replace(msg, images=(*msg.images, *await pictures()))
         if not msg.text.strip() and not msg.images:
-            return self._reply_to(msg, say("empty", msg.language), error=True)
+            return self._reply_to(msg, say("empty", msg.language), error=True, key="empty")
         if len(msg.images) > self.settings.images_per_message:
             return self._reply_to(msg, say("too_many_images", msg.language,
-                                           n=self.settings.images_per_message), error=True)
+                                           n=self.settings.images_per_message), error=True, key="too_many_images")
         known = await asyncio.to_thread(self._known, msg)
         if known is not None:  # a redelivered event: answered once, not counted twice
             return Accepted(job_id=known, duplicate=True)
         wait = await self.limiter.hit(msg.platform, msg.user_id)
         if wait is not None:
             log.info("rate limit: %s/%s must wait %ss", msg.platform, msg.user_id, wait)
-            return self._reply_to(msg, say("rate_limited", msg.language, s=wait), error=True)
+            return self._reply_to(msg, say("rate_limited", msg.language, s=wait), error=True, key="rate_limited")
         sniffed, problem = _inspect_images(msg.images, self.settings.image_max_bytes)
         if problem:
             log.info("refused a picture from %s/%s: %s", msg.platform, msg.user_id, problem)
             return self._reply_to(msg, say(problem, msg.language,
-                                           mb=self.settings.image_max_bytes // 1_048_576), error=True)
-        job_id, created = await asyncio.to_thread(self._persist, msg, sniffed)
+                                           mb=self.settings.image_max_bytes // 1_048_576), error=True, key=problem)
+        job_id, created = await asyncio.to_thread(self._persist, msg, scope, sniffed)
         if created:
             try:
                 await asyncio.to_thread(self._enqueue, job_id)
@@ -117,36 +141,61 @@ class Core:
                 await asyncio.to_thread(self._fail, job_id, say("busy", msg.language))
         return Accepted(job_id=job_id, duplicate=not created)
 
-    def _reply_to(self, msg: IncomingMessage, text: str, *, error: bool = False) -> Reply:
+    def policy(self, platform: str) -> Policy:
+        """The operator's access lists for ``platform``."""
+        return policy_for(self.settings, platform)
+
+    def _reply_to(self, msg: IncomingMessage, text: str, *, error: bool = False, key: str | None = None) -> Reply:
         return Reply(platform=msg.platform, chat_id=msg.chat_id, text=text, thread_id=msg.thread_id,
-                     reply_to_message_id=msg.message_id, user_id=msg.user_id, error=error)
+                     reply_to_message_id=msg.message_id, user_id=msg.user_id, error=error, key=key)
+
+    def _resolve(self, msg: IncomingMessage) -> tuple[dict, str]:
+        """The space's settings and the conversation key of ``msg``, in one transaction.
+
+        A reply to one of the bot's messages continues that conversation when the
+        replier belongs to it (:func:`bots.scope.may_join`); otherwise their own.
+        """
+        where = msg.where
+        with self.sessions() as session:
+            config = (repo.space_settings(session=session, platform=msg.platform, space_id=where.space_id)
+                      if where.space_id else {})
+            if msg.reply_to_bot_id:
+                earlier = repo.conversation_for_platform_message(
+                    session=session, platform=msg.platform, platform_message_id=msg.reply_to_bot_id)
+                if earlier is not None and may_join(earlier.scope_key, where, msg.user_id):
+                    return config, earlier.scope_key
+        scope = Scope.parse(str(config.get("scope", ""))) or self._default_scope(msg.platform)
+        return config, scope_key(where, msg.user_id, scope)
+
+    def _default_scope(self, platform: str) -> Scope:
+        return self.settings.wechat_scope if platform == "wechat" else Scope.USER
 
     def _known(self, msg: IncomingMessage) -> int | None:
         with self.sessions() as session:
             job = repo.find_turn(session=session, platform=msg.platform, platform_message_id=msg.message_id)
             return job.id if job is not None else None
 
-    def _reset(self, msg: IncomingMessage) -> None:
+    def _reset(self, platform: str, scope: str) -> None:
         with self.sessions() as session:
-            conversation = repo.get_or_create_conversation(
-                session=session, platform=msg.platform, scope_key=msg.scope_key)
+            conversation = repo.get_or_create_conversation(session=session, platform=platform, scope_key=scope)
             repo.reset_conversation(session=session, conversation=conversation)
             session.commit()
 
-    def _persist(self, msg: IncomingMessage, sniffed: list[tuple[str, int, int]]) -> tuple[int, bool]:
-        parts: list[dict] = []
+    def _persist(self, msg: IncomingMessage, scope: str,
+                 sniffed: list[tuple[str, int, int]]) -> tuple[int, bool]:
+        parts: list[Part] = []
         with self.sessions() as session:
             for data, (mime, width, height) in zip(msg.images, sniffed, strict=True):
                 image = repo.put_image(session=session, data=data, mime=mime, width=width, height=height)
-                parts.append({"type": "image", "sha256": image.sha256})
+                parts.append(ImagePart(image.sha256))
             if msg.text.strip():
-                parts.append({"type": "text", "text": msg.text})
-            conversation = repo.get_or_create_conversation(
-                session=session, platform=msg.platform, scope_key=msg.scope_key)
+                parts.append(TextPart(msg.text))
+            conversation = repo.get_or_create_conversation(session=session, platform=msg.platform, scope_key=scope)
             _, job, created = repo.add_user_turn(
                 session=session, conversation=conversation, parts=parts, platform=msg.platform,
                 platform_message_id=msg.message_id, chat_id=msg.chat_id, thread_id=msg.thread_id,
-                user_id=msg.user_id, user_name=msg.user_name, reply_to_id=msg.reply_to_id)
+                user_id=msg.user_id, user_name=msg.user_name, reply_to_id=msg.reply_to_id,
+                language=msg.language)
             session.commit()  # enqueue only after commit: the worker must find the turn
             return job.id, created
 
@@ -160,51 +209,58 @@ class Core:
             repo.fail_job(session=session, job_id=job_id, error=error)
             session.commit()
 
-    # --- spaces and conversations --------------------------------------------------
+    # --- a space's settings (admins) -------------------------------------------------
 
-    async def space_settings(self, platform: str, space_id: str) -> dict:
-        """The settings an admin chose for a space (a server, a room); {} if none."""
-        def read() -> dict:
-            with self.sessions() as session:
-                return repo.space_settings(session=session, platform=platform, space_id=space_id)
-        return await asyncio.to_thread(read)
+    async def configure(self, msg: IncomingMessage, *, scope: str | None = None,
+                        allow: str | None = None, disallow: str | None = None) -> Reply:
+        """Change the settings of the space ``msg`` was written in, for its admins: the
+        conversation ``scope`` (user, shared, thread), and channels the bot answers in
+        (``allow`` adds one; the first limits the bot to the list; ``disallow`` removes
+        one). Returns the reply that says the settings now in force, or why not."""
+        lang = msg.language
+        if not is_admin(self.policy(msg.platform), msg.where, msg.user_id):
+            return self._reply_to(msg, say("admins_only", lang), error=True, key="admins_only")
+        chosen = Scope.parse(scope) if scope is not None else None
+        if scope is not None and chosen is None:
+            return self._reply_to(msg, say("scope_usage", lang), error=True, key="scope_usage")
+        values = await asyncio.to_thread(self._configure, msg.platform, msg.where.space_id, chosen, allow, disallow)
+        channels = ", ".join(values.get("channels", ())) or say("any_channel", lang)
+        text = say("scope_set", lang, scope=values.get("scope", self._default_scope(msg.platform)),
+                   channels=channels)
+        return self._reply_to(msg, text, key="scope_set")
 
-    async def update_space_settings(self, platform: str, space_id: str, **changes) -> dict:
-        """Merge ``changes`` into a space's settings (None removes one); return them all."""
-        def write() -> dict:
-            with self.sessions() as session:
-                values = repo.update_space_settings(session=session, platform=platform,
-                                                    space_id=space_id, changes=changes)
-                session.commit()
-                return values
-        return await asyncio.to_thread(write)
-
-    async def scope_of(self, platform: str, message_id: str) -> str | None:
-        """The scope key of the conversation a platform message (user's or bot's) belongs to."""
-        def read() -> str | None:
-            with self.sessions() as session:
-                conversation = repo.conversation_for_platform_message(
-                    session=session, platform=platform, platform_message_id=message_id)
-                return conversation.scope_key if conversation is not None else None
-        return await asyncio.to_thread(read)
+    def _configure(self, platform: str, space_id: str, scope: Scope | None, allow: str | None,
+                   disallow: str | None) -> dict:
+        with self.sessions() as session:
+            current = repo.space_settings(session=session, platform=platform, space_id=space_id)
+            channels = set(current.get("channels", ()))
+            channels |= {allow} if allow else set()
+            channels -= {disallow} if disallow else set()
+            changes: dict = {"channels": sorted(channels) or None}
+            if scope is not None:
+                changes["scope"] = scope.value
+            values = repo.update_space_settings(session=session, platform=platform, space_id=space_id,
+                                                changes=changes)
+            session.commit()
+            return values
 
     # --- where a turn stands --------------------------------------------------------
 
     async def status(self, job_id: int) -> TurnStatus:
         """Where turn ``job_id`` stands now (queued with its position, running, …)."""
         state, position, error = await asyncio.to_thread(self._job_state, job_id)
-        if state == "running":
+        if state == JobState.RUNNING:
             partial = await self.redis.get(events.partial_key(self.settings.namespace, job_id))
             if partial is not None:
-                return TurnStatus(job_id, "streaming", partial=partial.decode())
+                return TurnStatus(job_id, JobState.STREAMING, partial=partial.decode(errors="replace"))
         return TurnStatus(job_id, state, position=position, error=error)
 
-    def _job_state(self, job_id: int) -> tuple[str, int | None, str | None]:
+    def _job_state(self, job_id: int) -> tuple[JobState, int | None, str | None]:
         with self.sessions() as session:
             job = repo.get_job(session=session, job_id=job_id)
             if job is None:
                 raise LookupError(f"no job {job_id}")
-            position = repo.queue_position(session=session, job_id=job_id) if job.status == "queued" else None
+            position = repo.queue_position(session=session, job_id=job_id) if job.status == JobState.QUEUED else None
             return job.status, position, job.error
 
     async def watch(self, job_id: int, *, poll_s: float = 1.0,
@@ -221,7 +277,7 @@ class Core:
                 if status != last or not changes_only:
                     yield status
                     last = status
-                if status.state in FINAL:
+                if status.state in FINAL_STATES:
                     return
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_s)
         finally:

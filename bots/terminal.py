@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bots.core import Core
 from qvl.errors import UserFacingError
+from qvl.messages import language_of
 from qvl.protocol import IncomingMessage, Reply
 from qvl.settings import Settings
 
@@ -28,7 +29,7 @@ async def chat(settings: Settings, *, text: str, images: list[Path], reset: bool
     core = Core(settings)
     try:
         await core.check()
-        base = dict(platform=PLATFORM, scope_key=f"{PLATFORM}:{user}", chat_id=user, user_id=user)
+        base = dict(platform=PLATFORM, chat_id=user, user_id=user, language=language_of(text))
         if reset:
             result = await core.handle(IncomingMessage(message_id=_new_id(), text="/reset", **base))
             print(result.text)

@@ -11,18 +11,18 @@ from discord import app_commands
 
 from bots.core import Core
 from bots.discord import translate
-from bots.discord.access import allowed
+from bots.discord.slash import SlashCommands
 from bots.discord.translate import PLATFORM
 from bots.fetch import FetchError, fetch_image
 from bots.text import split_message
 from qvl.errors import UserFacingError
-from qvl.protocol import Accepted, IncomingMessage, Reply
+from qvl.messages import language_of, say
+from qvl.protocol import FINAL_STATES, Accepted, IncomingMessage, Reply
 from qvl.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LIMIT = 2000  # characters in one Discord message
-SORRY = "Sorry, something went wrong. Please try again."
 
 
 class DiscordFrontend(discord.Client):
@@ -41,9 +41,7 @@ class DiscordFrontend(discord.Client):
         self._feedbacks: set[asyncio.Task] = set()  # one per waiting turn; ended by close()
 
     async def setup_hook(self) -> None:
-        from bots.discord.slash import register
-
-        register(self)
+        SlashCommands(self.core, self.settings, submit=self.submit).install(self.tree)
         self._delivery = asyncio.create_task(self._deliver_forever(), name="qvl-discord-delivery")
 
     async def on_ready(self) -> None:
@@ -55,7 +53,7 @@ class DiscordFrontend(discord.Client):
         await self._sync(guild)
 
     async def _sync(self, guild: discord.Guild) -> None:
-        guilds = Settings.ids(self.settings.discord_allowed_guilds)
+        guilds = self.settings.discord_allowed_guilds
         if guilds and str(guild.id) not in guilds:
             return
         self.tree.copy_global_to(guild=guild)
@@ -82,13 +80,15 @@ class DiscordFrontend(discord.Client):
             return
         # Feedback first: typing shows before pictures are downloaded and the turn is stored.
         asyncio.create_task(_quietly(_typing_once(message.channel)))
+        text = translate.question_text(message, self.user, self.settings.discord_trigger)
+        language = language_of(text)
         try:
-            await self._answer(message, replied)
+            await self._answer(message, replied, text)
         except UserFacingError as exc:
-            await self._say(message, exc.message)
+            await self._say(message, exc.text(language))
         except Exception:
             log.exception("Discord message %s failed", message.id)
-            await self._say(message, SORRY)
+            await self._say(message, say("sorry", language))
 
     async def _addressed(self, message: discord.Message, replied: discord.Message | None) -> bool:
         """Whether the message is for the bot: a DM, a mention, the trigger, a reply to the
@@ -118,28 +118,21 @@ class DiscordFrontend(discord.Client):
         except discord.HTTPException:
             return None
 
-    async def _answer(self, message: discord.Message, replied: discord.Message | None) -> None:
-        config = await self.core.space_settings(PLATFORM, str(message.guild.id)) if message.guild else {}
-        if not allowed(self.settings, config, message.channel, message.author):
-            log.info("not answering %s in channel %s: not allowed", message.author.id, message.channel.id)
-            return
-        text = translate.question_text(message, self.user, self.settings.discord_trigger)
-        images = await self._pictures(message, replied, text)
-        scope = translate.scope_key(message.guild, message.channel, message.author.id,
-                                    config.get("scope", "user"))
-        if replied is not None and replied.author.id == self.user.id:
-            earlier = await self.core.scope_of(PLATFORM, str(replied.id))
-            if earlier and translate.may_join(earlier, message.guild, message.author.id):
-                scope = earlier  # a reply to the bot continues that conversation
+    async def _answer(self, message: discord.Message, replied: discord.Message | None, text: str) -> None:
+        to_bot = replied is not None and replied.author.id == self.user.id
         turn = translate.incoming(channel=message.channel, user=message.author, message_id=str(message.id),
-                                  text=text, images=images, scope=scope,
-                                  reply_to=replied.id if replied else None)
-        await self._submit(turn, message=message)
+                                  text=text, reply_to=replied.id if replied else None,
+                                  reply_to_bot=replied.id if to_bot else None)
+        await self.submit(turn, message=message, pictures=lambda: self._pictures(message, replied, text))
 
-    async def _submit(self, turn: IncomingMessage, *, message: discord.Message | None = None,
-                      interaction: discord.Interaction | None = None) -> None:
-        result = await self.core.handle(turn)
+    async def submit(self, turn: IncomingMessage, *, message: discord.Message | None = None,
+                     interaction: discord.Interaction | None = None, pictures=None) -> None:
+        """Hand ``turn`` to the core; post its immediate reply, or watch the queued turn.
+        A refusal for a place the bot does not serve is posted only to a slash command."""
+        result = await self.core.handle(turn, pictures=pictures)
         if isinstance(result, Reply):
+            if result.key == "not_allowed" and interaction is None:
+                return
             await self.deliver(result, message=message, interaction=interaction)
             return
         if result.duplicate:  # a redelivered event: the first one is being answered
@@ -147,7 +140,7 @@ class DiscordFrontend(discord.Client):
         if interaction is not None:
             self.interactions[result.job_id] = interaction
         channel = message.channel if message else interaction.channel
-        task = asyncio.create_task(self._feedback(channel, message, result))
+        task = asyncio.create_task(self._feedback(channel, message, result, turn.language))
         self._feedbacks.add(task)
         task.add_done_callback(self._feedbacks.discard)
 
@@ -160,7 +153,7 @@ class DiscordFrontend(discord.Client):
             attachments += [a for a in replied.attachments if translate.is_picture(a)]
         limit = self.settings.image_max_bytes
         if any(a.size > limit for a in attachments):
-            raise UserFacingError(f"That picture is too large (the limit is {limit // 1_048_576} MB).")
+            raise UserFacingError.of("image_too_large", mb=limit // 1_048_576)
         images = [await a.read() for a in attachments]
         for url in translate.links(text)[: self.settings.images_per_message]:
             try:
@@ -172,7 +165,7 @@ class DiscordFrontend(discord.Client):
     # --- while the user waits -------------------------------------------------------
 
     async def _feedback(self, channel: discord.abc.Messageable, message: discord.Message | None,
-                        accepted: Accepted) -> None:
+                        accepted: Accepted, language: str | None) -> None:
         """Typing while the turn waits or runs; the queue position when the wait is long;
         the answer as it is written, if streaming is on (an edit at most once a second)."""
         job = accepted.job_id
@@ -181,12 +174,12 @@ class DiscordFrontend(discord.Client):
         try:
             async with channel.typing():
                 async for status in self.core.watch(job, poll_s=1.0, changes_only=False):
-                    if status.state in ("done", "failed", "cancelled") or self.is_closed():
+                    if status.state in FINAL_STATES or self.is_closed():
                         return
                     waited = loop.time() - started
                     if (status.state == "queued" and (status.position or 0) > 1
                             and waited >= self.settings.discord_queue_notice_s):
-                        text = f"⏳ Queued: {status.position - 1} question(s) ahead of yours."
+                        text = say("queued", language, ahead=status.position - 1)
                     elif status.state == "streaming" and self.settings.discord_stream and status.partial:
                         text = split_message(status.partial, LIMIT - 2)[0] + " …"
                     else:

@@ -6,38 +6,29 @@ import re
 
 import discord
 
-from qvl.protocol import IncomingMessage
+from qvl.messages import language_of
+from qvl.protocol import IncomingMessage, Where
 
 PLATFORM = "discord"
-SCOPES = ("user", "channel", "thread")  # per user in a channel (default), shared, per thread
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 LINK = re.compile(r"https?://[^\s<>\"')\]]+")
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-def scope_key(guild: discord.Guild | None, channel: discord.abc.Messageable, user_id: int, scope: str) -> str:
-    """The conversation a message joins, under the server's scope setting.
-
-    A DM is its own conversation and never shares history with a server.
-    """
+def where(channel: discord.abc.Messageable, member: discord.abc.User) -> Where:
+    """Where a message or command was written, as access and scope care: the server,
+    the channel (a thread's own id, and its parent), the member's roles, and whether
+    they may manage the server."""
+    guild = getattr(channel, "guild", None)
     if guild is None:
-        return f"dm:{user_id}"
-    if scope == "channel":
-        return f"g{guild.id}:c{channel.id}"
-    if scope == "thread" and isinstance(channel, discord.Thread):
-        return f"g{guild.id}:t{channel.id}"
-    return f"g{guild.id}:c{channel.id}:u{user_id}"
-
-
-def may_join(scope: str, guild: discord.Guild | None, user_id: int) -> bool:
-    """Whether ``user_id`` may continue a conversation of ``scope`` (by replying to the
-    bot): shared ones of the same server yes; someone else's per-user or DM one never."""
-    if scope.startswith("dm:"):
-        return scope == f"dm:{user_id}"
-    if guild is None or not scope.startswith(f"g{guild.id}:"):
-        return False
-    return ":u" not in scope or scope.endswith(f":u{user_id}")
+        return Where(channel_id=str(channel.id))
+    thread = isinstance(channel, discord.Thread)
+    perms = getattr(member, "guild_permissions", None)
+    return Where(space_id=str(guild.id), channel_id=str(channel.id),
+                 thread_id=str(channel.id) if thread else None,
+                 parent_id=str(channel.parent_id) if thread and channel.parent_id else None,
+                 roles=frozenset(str(r.id) for r in getattr(member, "roles", ())),
+                 admin=bool(perms and perms.manage_guild))
 
 
 def question_text(message: discord.Message, bot_user: discord.abc.User, trigger: str) -> str:
@@ -60,16 +51,14 @@ def links(text: str) -> list[str]:
     return LINK.findall(text)
 
 
-def language(text: str) -> str | None:
-    return "zh" if _CJK.search(text) else None
-
-
 def incoming(*, channel: discord.abc.Messageable, user: discord.abc.User, message_id: str, text: str,
-             images: tuple[bytes, ...], scope: str, reply_to: int | None = None) -> IncomingMessage:
+             images: tuple[bytes, ...] = (), reply_to: int | None = None, reply_to_bot: int | None = None,
+             language: str | None = None) -> IncomingMessage:
     """The core's record of a Discord message or slash command."""
     return IncomingMessage(
-        platform=PLATFORM, scope_key=scope, chat_id=str(channel.id), user_id=str(user.id),
-        message_id=message_id, text=text, images=images,
+        platform=PLATFORM, chat_id=str(channel.id), user_id=str(user.id),
+        message_id=message_id, text=text, images=images, where=where(channel, user),
         thread_id=str(channel.id) if isinstance(channel, discord.Thread) else None,
-        reply_to_id=str(reply_to) if reply_to else None, user_name=user.display_name,
-        language=language(text))
+        reply_to_id=str(reply_to) if reply_to else None,
+        reply_to_bot_id=str(reply_to_bot) if reply_to_bot else None, user_name=user.display_name,
+        language=language or language_of(text))

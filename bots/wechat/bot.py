@@ -23,18 +23,15 @@ from bots.wechat.translate import (
     PLATFORM,
     PictureBuffer,
     incoming,
-    scope_key,
     split_quote,
     strip_trigger,
 )
 from qvl.errors import UserFacingError
+from qvl.messages import say
 from qvl.protocol import Reply
 from qvl.settings import Settings
 
 log = logging.getLogger(__name__)
-
-SORRY = "抱歉，出了点问题，请稍后再试。"
-SCOPE_COMMANDS = ("/scope", "范围")
 
 
 class WechatFrontend(Wechaty):
@@ -74,17 +71,17 @@ class WechatFrontend(Wechaty):
         try:  # wechaty swallows handler exceptions: log them here, and tell the user
             await self._on_message(msg)
         except UserFacingError as exc:
-            await self._say_to(msg, exc.zh or exc.message)
+            await self._say_to(msg, exc.text("zh"))
         except Exception:
             log.exception("WeChat message %s failed", msg.message_id)
-            await self._say_to(msg, SORRY)
+            await self._say_to(msg, say("sorry", "zh"))
 
     async def _on_message(self, msg: Message) -> None:
         if msg.is_self():
             return
         talker, room = msg.talker(), msg.room()
         room_id = room.room_id if room else None
-        rooms = Settings.ids(self.settings.wechat_rooms)
+        rooms = self.settings.wechat_rooms  # checked here too: pictures of other rooms are not held
         if room_id and rooms and room_id not in rooms:
             return
         user = talker.contact_id
@@ -110,29 +107,11 @@ class WechatFrontend(Wechaty):
             picture = self.pictures.last_of(room_id or "dm", quoted_name)
             if picture is not None:
                 images = (picture, *images)
-        words = text.split(maxsplit=1)
-        if room_id and words and words[0] in SCOPE_COMMANDS:
-            await self._scope_command(msg, room_id, user, text)
-            return
-        config = await self.core.space_settings(PLATFORM, room_id) if room_id else {}
-        scope = scope_key(room_id, user, config.get("scope", self.settings.wechat_scope))
         turn = incoming(room_id=room_id, user_id=user, user_name=talker.name, message_id=msg.message_id,
-                        text=text, images=images, scope=scope)
+                        text=text, images=images)
         result = await self.core.handle(turn)
-        if isinstance(result, Reply):
+        if isinstance(result, Reply) and result.key != "not_allowed":
             await self.deliver(result)
-
-    async def _scope_command(self, msg: Message, room_id: str, user: str, text: str) -> None:
-        """Admins: ``/scope user`` (per user, the default) or ``/scope room`` (shared)."""
-        if user not in Settings.ids(self.settings.wechat_admins):
-            await self._say_to(msg, "只有管理员可以修改设置。")
-            return
-        choice = (text.split()[1:2] or [""])[0].lower()
-        if choice not in ("user", "room"):
-            await self._say_to(msg, "用法：/scope user（每人独立对话）或 /scope room（全群共享）")
-            return
-        await self.core.update_space_settings(PLATFORM, room_id, scope=choice)
-        await self._say_to(msg, "已设为每人独立对话。" if choice == "user" else "已设为全群共享对话。")
 
     async def _image_bytes(self, msg: Message) -> bytes:
         box = await msg.to_file_box()
@@ -145,8 +124,8 @@ class WechatFrontend(Wechaty):
                 return await fetch_image(box.remoteUrl, max_bytes=self.settings.image_max_bytes,
                                          timeout_s=self.settings.fetch_timeout_s)
             except FetchError as exc:
-                raise UserFacingError(exc.message, zh="图片下载失败。") from exc
-        raise UserFacingError("I could not read that picture.", zh="无法读取这张图片。")
+                raise UserFacingError(exc.message, zh=say("picture_fetch_failed", "zh")) from exc
+        raise UserFacingError.of("picture_unread")
 
     async def _say_to(self, msg: Message, text: str) -> None:
         try:

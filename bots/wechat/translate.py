@@ -6,20 +6,11 @@ import re
 import time
 from collections import defaultdict, deque
 
-from qvl.protocol import IncomingMessage
+from qvl.messages import language_of
+from qvl.protocol import IncomingMessage, Where
 
 PLATFORM = "wechat"
 MAX_CHARS = 1500  # WeChat cuts long texts; stay well under its limit
-_CJK = re.compile(r"[\u4e00-\u9fff]")
-
-
-def scope_key(room_id: str | None, user_id: str, scope: str) -> str:
-    """Per user in a room (default) or shared per room; private chats are their own."""
-    if room_id is None:
-        return f"dm:{user_id}"
-    if scope == "room":
-        return f"room:{room_id}"
-    return f"room:{room_id}:u:{user_id}"
 
 
 def strip_trigger(text: str, trigger: str) -> tuple[str, bool]:
@@ -39,10 +30,6 @@ def split_quote(text: str) -> tuple[str | None, str | None, str]:
     if not match:
         return None, None, text
     return match["name"].strip(), match["quoted"].strip(), match["text"].strip()
-
-
-def language(text: str) -> str | None:
-    return "zh" if _CJK.search(text) else None
 
 
 class PictureBuffer:
@@ -76,8 +63,9 @@ class PictureBuffer:
 
 
 def incoming(*, room_id: str | None, user_id: str, user_name: str | None, message_id: str, text: str,
-             images: tuple[bytes, ...], scope: str) -> IncomingMessage:
-    """The core's record of a WeChat message."""
-    return IncomingMessage(platform=PLATFORM, scope_key=scope, chat_id=room_id or user_id, user_id=user_id,
+             images: tuple[bytes, ...]) -> IncomingMessage:
+    """The core's record of a WeChat message (a room is both the space and the channel)."""
+    where = Where(space_id=room_id, channel_id=room_id) if room_id else Where(channel_id=user_id)
+    return IncomingMessage(platform=PLATFORM, chat_id=room_id or user_id, user_id=user_id, where=where,
                            message_id=message_id, text=text, images=images, user_name=user_name,
-                           thread_id=None, language=language(text) if text.strip() else "zh")
+                           thread_id=None, language=language_of(text) if text.strip() else "zh")

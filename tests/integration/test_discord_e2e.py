@@ -71,7 +71,7 @@ async def test_mention_with_a_picture_gets_text_and_the_annotated_picture(settin
         question, [reply] = await ask(fake_discord, "please box the apple",
                                       attachments=[("apple.png", png(), "image/png")])
     assert reply.reply_to == int(question["id"])  # a reply to the asking message
-    assert "I see 1 picture(s) in 1 turn(s)" in reply.content and reply.content.endswith("thing")
+    assert "I see 1 picture(s) in 1 turn(s)" in reply.content and reply.content.endswith("apple")
     assert "<|box_start|>" not in reply.content and f"<@{fake_discord.bot_id}>" not in reply.content
     [(name, data)] = reply.files
     drawn = Image.open(io.BytesIO(data)).convert("RGB")
@@ -178,7 +178,7 @@ async def test_queue_position_is_shown_when_the_wait_is_long(settings_for, fake_
     assert "1 question(s) ahead" in notice.content
 
 
-async def test_slash_ask_with_an_image_and_admin_config(settings_for, worker_factory, fake_discord):
+async def test_slash_ask_with_an_image_and_admin_scope(settings_for, worker_factory, fake_discord):
     settings = settings_for()
     worker_factory(settings)
     w = fake_discord.world
@@ -190,14 +190,14 @@ async def test_slash_ask_with_an_image_and_admin_config(settings_for, worker_fac
         await fake_discord.wait_for(lambda: any(m.files for m in fake_discord.sent), timeout=60,
                                     what="the /ask answer with its picture")
         answer = next(m for m in fake_discord.sent if m.files)
-        await fake_discord.slash(w.guild, w.general, w.bob, "config", {"scope": "channel"})
-        await fake_discord.slash(w.guild, w.general, w.alice, "config", {"scope": "channel"})
+        await fake_discord.slash(w.guild, w.general, w.bob, "scope", {"mode": "shared"})
+        await fake_discord.slash(w.guild, w.general, w.alice, "scope", {"mode": "shared"})
         await fake_discord.wait_for(lambda: sum(m.ephemeral for m in fake_discord.sent) >= 2, timeout=10,
-                                    what="the /config answers")
+                                    what="the /scope answers")
         _, [shared] = await ask(fake_discord, "what did alice ask?", user=w.bob)
     assert "box the cat" in answer.content and answer.via in ("followup", "edit_original")
     refusal, confirmation = [m for m in fake_discord.sent if m.ephemeral][:2]
-    assert "admins" in refusal.content and "channel" in confirmation.content
+    assert "admins" in refusal.content and "scope: shared" in confirmation.content
     assert "in 1 turn(s)" in shared.content  # a fresh, shared channel conversation
 
 

@@ -29,7 +29,7 @@ def picture(colour=(200, 40, 40), size=(320, 240)) -> bytes:
 
 
 def message(text="", images=(), *, user="alice", msg_id=None, platform="test") -> IncomingMessage:
-    return IncomingMessage(platform=platform, scope_key=f"chan1:{user}", chat_id="chan1", user_id=user,
+    return IncomingMessage(platform=platform, chat_id="chan1", user_id=user,
                            message_id=msg_id or uuid.uuid4().hex, text=text, images=tuple(images))
 
 
@@ -74,7 +74,7 @@ def test_picture_and_question_in_reply_out_with_annotated_picture(settings_for, 
     reply = run(scenario())
     assert not reply.error
     assert "I see 1 picture(s) in 1 turn(s)" in reply.text
-    assert "<|box_start|>" not in reply.text and reply.text.endswith("thing")  # markup cleaned
+    assert "<|box_start|>" not in reply.text and reply.text.endswith("apple")  # markup cleaned, labelled with what was asked
     assert reply.reply_to_message_id and reply.chat_id == "chan1"
     [drawn] = reply.images
     image = Image.open(io.BytesIO(drawn.data)).convert("RGB")
