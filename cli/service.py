@@ -83,10 +83,15 @@ def _in_thread(name: str, coro) -> threading.Thread:
 
 def run_worker(settings: Settings, url: str, *, concurrency: int = 1, pool: str = "solo", app=None) -> int:
     """Run a Celery worker for the turn queue in this process (blocks)."""
+    from celery.signals import setup_logging
+
     if app is None:
         from worker.app import create_app
 
         app = create_app(settings, url)
+    # The command line configured logging already; without a receiver Celery adds a second
+    # root handler and every line is written twice.
+    setup_logging.connect(_keep_logging, weak=False)
     argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", "-Q", settings.queue,
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "-n", f"qvl@{os.uname().nodename}"]
     try:
@@ -94,6 +99,10 @@ def run_worker(settings: Settings, url: str, *, concurrency: int = 1, pool: str 
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def _keep_logging(**_) -> None:
+    """Receiver of Celery's ``setup_logging``: keep the logging the command line set up."""
 
 
 def _safe(url: str) -> str:
