@@ -1,6 +1,6 @@
 .PHONY: test up lint bench
 
-test:  ## install, start PostgreSQL/Redis if stopped, run the whole test suite
+test:  ## install, start PostgreSQL/Redis if stopped, run the whole suite (WeChat tests in .venv-wechat)
 	./scripts/test.sh
 
 lint:

@@ -104,7 +104,7 @@ class Core:
         command = command_of(msg.text)
         if command == "help":
             return self._reply_to(msg, say("help", msg.language), key="help")
-        config, scope = await asyncio.to_thread(self._resolve, msg)
+        config, scope, known = await asyncio.to_thread(self._resolve, msg)
         if not allowed(self.policy(msg.platform), config, msg.where):
             log.info("not serving %s/%s in %s: not allowed", msg.platform, msg.user_id, msg.chat_id)
             return self._reply_to(msg, say("not_allowed", msg.language), error=True, key="not_allowed")
@@ -120,7 +120,6 @@ class Core:
         if len(msg.images) > self.settings.images_per_message:
             return self._reply_to(msg, say("too_many_images", msg.language,
                                            n=self.settings.images_per_message), error=True, key="too_many_images")
-        known = await asyncio.to_thread(self._known, msg)
         if known is not None:  # a redelivered event: answered once, not counted twice
             return Accepted(job_id=known, duplicate=True)
         wait = await self.limiter.hit(msg.platform, msg.user_id)
@@ -149,8 +148,9 @@ class Core:
         return Reply(platform=msg.platform, chat_id=msg.chat_id, text=text, thread_id=msg.thread_id,
                      reply_to_message_id=msg.message_id, user_id=msg.user_id, error=error, key=key)
 
-    def _resolve(self, msg: IncomingMessage) -> tuple[dict, str]:
-        """The space's settings and the conversation key of ``msg``, in one transaction.
+    def _resolve(self, msg: IncomingMessage) -> tuple[dict, str, int | None]:
+        """The space's settings, the conversation key of ``msg`` and the job of an earlier
+        delivery of the same platform event (None if new), in one transaction.
 
         A reply to one of the bot's messages continues that conversation when the
         replier belongs to it (:func:`bots.scope.may_join`); otherwise their own.
@@ -159,21 +159,18 @@ class Core:
         with self.sessions() as session:
             config = (repo.space_settings(session=session, platform=msg.platform, space_id=where.space_id)
                       if where.space_id else {})
+            job = repo.find_turn(session=session, platform=msg.platform, platform_message_id=msg.message_id)
+            known = job.id if job is not None else None
             if msg.reply_to_bot_id:
                 earlier = repo.conversation_for_platform_message(
                     session=session, platform=msg.platform, platform_message_id=msg.reply_to_bot_id)
                 if earlier is not None and may_join(earlier.scope_key, where, msg.user_id):
-                    return config, earlier.scope_key
+                    return config, earlier.scope_key, known
         scope = Scope.parse(str(config.get("scope", ""))) or self._default_scope(msg.platform)
-        return config, scope_key(where, msg.user_id, scope)
+        return config, scope_key(where, msg.user_id, scope), known
 
     def _default_scope(self, platform: str) -> Scope:
         return self.settings.wechat_scope if platform == "wechat" else Scope.USER
-
-    def _known(self, msg: IncomingMessage) -> int | None:
-        with self.sessions() as session:
-            job = repo.find_turn(session=session, platform=msg.platform, platform_message_id=msg.message_id)
-            return job.id if job is not None else None
 
     def _reset(self, platform: str, scope: str) -> None:
         with self.sessions() as session:
@@ -225,8 +222,8 @@ class Core:
             return self._reply_to(msg, say("scope_usage", lang), error=True, key="scope_usage")
         values = await asyncio.to_thread(self._configure, msg.platform, msg.where.space_id, chosen, allow, disallow)
         channels = ", ".join(values.get("channels", ())) or say("any_channel", lang)
-        text = say("scope_set", lang, scope=values.get("scope", self._default_scope(msg.platform)),
-                   channels=channels)
+        in_force = Scope.parse(str(values.get("scope", ""))) or self._default_scope(msg.platform)
+        text = say("scope_set", lang, scope=say(f"scope_{in_force.value}", lang), channels=channels)
         return self._reply_to(msg, text, key="scope_set")
 
     def _configure(self, platform: str, space_id: str, scope: Scope | None, allow: str | None,

@@ -94,29 +94,29 @@ async def fetch_image(
                         url = urljoin(url, response.headers["Location"])
                         continue
                     if response.status != 200:
-                        raise FetchError(f"That link answered {response.status}; I could not get the picture.")
+                        raise FetchError.of("link_status", status=response.status)
                     data = await _read_capped(response, max_bytes)
                     _check_picture(data)
                     return data
-            raise FetchError("That link redirects too many times.")
+            raise FetchError.of("link_redirects")
     except _Refused as exc:
         log.warning("refused to fetch %s: %s", url, exc)
-        raise FetchError("I can only fetch pictures from public addresses.") from exc
+        raise FetchError.of("link_private") from exc
     except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
         if isinstance(getattr(exc, "os_error", None), _Refused) or isinstance(exc.__cause__, _Refused):
             log.warning("refused to fetch %s: %s", url, exc)
-            raise FetchError("I can only fetch pictures from public addresses.") from exc
-        raise FetchError("I could not reach that link.") from exc
+            raise FetchError.of("link_private") from exc
+        raise FetchError.of("link_unreachable") from exc
     except TimeoutError as exc:
-        raise FetchError("That link took too long to answer.") from exc
+        raise FetchError.of("link_timeout") from exc
     except aiohttp.ClientError as exc:
-        raise FetchError("I could not download that link.") from exc
+        raise FetchError.of("link_failed") from exc
 
 
 def _check_url(url: str, allowed: Callable[[str], bool]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError("I can only fetch http(s) links.")
+        raise FetchError.of("link_scheme")
     host = parts.hostname
     try:
         ipaddress.ip_address(host)
@@ -129,12 +129,12 @@ def _check_url(url: str, allowed: Callable[[str], bool]) -> None:
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     mb = max_bytes // 1_048_576
     if response.content_length is not None and response.content_length > max_bytes:
-        raise FetchError(f"That picture is too large (the limit is {mb} MB).")
+        raise FetchError.of("image_too_large", mb=mb)
     chunks, size = [], 0
     async for chunk in response.content.iter_chunked(65536):
         size += len(chunk)
         if size > max_bytes:
-            raise FetchError(f"That picture is too large (the limit is {mb} MB).")
+            raise FetchError.of("image_too_large", mb=mb)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -144,4 +144,4 @@ def _check_picture(data: bytes) -> None:
         with Image.open(io.BytesIO(data)):
             return
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise FetchError("That link is not a picture I can read.") from exc
+        raise FetchError.of("link_not_picture") from exc

@@ -46,7 +46,20 @@ MESSAGES: dict[str, dict[str, str]] = {
     "scope_set": {"en": "Conversation scope: {scope}. Answering in: {channels}.",
                   "zh": "对话范围：{scope}。回答范围：{channels}。"},
     "any_channel": {"en": "any channel", "zh": "所有频道"},
+    "scope_user": {"en": "user (each person their own conversation)", "zh": "个人（每人独立对话）"},
+    "scope_shared": {"en": "shared (one conversation for everyone here)", "zh": "共享（全群共享对话）"},
+    "scope_thread": {"en": "thread (one conversation per thread)", "zh": "话题（每个话题一个对话）"},
     "queued": {"en": "⏳ Queued: {ahead} question(s) ahead of yours.", "zh": "⏳ 排队中：前面还有 {ahead} 个问题。"},
+    # links (bots/fetch.py)
+    "link_status": {"en": "That link answered {status}; I could not get the picture.",
+                    "zh": "链接返回了 {status}，无法获取图片。"},
+    "link_redirects": {"en": "That link redirects too many times.", "zh": "链接重定向次数过多。"},
+    "link_private": {"en": "I can only fetch pictures from public addresses.", "zh": "只能从公网地址获取图片。"},
+    "link_unreachable": {"en": "I could not reach that link.", "zh": "无法访问这个链接。"},
+    "link_timeout": {"en": "That link took too long to answer.", "zh": "链接响应超时。"},
+    "link_failed": {"en": "I could not download that link.", "zh": "无法下载这个链接。"},
+    "link_scheme": {"en": "I can only fetch http(s) links.", "zh": "只能获取 http(s) 链接。"},
+    "link_not_picture": {"en": "That link is not a picture I can read.", "zh": "这个链接不是可以识别的图片。"},
     # delivery and the worker
     "sorry": {"en": "Sorry, something went wrong while answering. Please try again.",
               "zh": "抱歉，回答时出了点问题，请稍后再试。"},
@@ -57,7 +70,6 @@ MESSAGES: dict[str, dict[str, str]] = {
     "picture_unsafe": {"en": "That picture is too large to open safely.", "zh": "图片过大，无法安全打开。"},
     "picture_unreadable": {"en": "That file is not a picture I can read.", "zh": "无法识别这个文件的图片格式。"},
     "picture_damaged": {"en": "That picture seems to be damaged.", "zh": "图片似乎已损坏。"},
-    "picture_fetch_failed": {"en": "I could not download that picture.", "zh": "图片下载失败。"},
     "picture_unread": {"en": "I could not read that picture.", "zh": "无法读取这张图片。"},
     # engines
     "server_refused": {"en": "The model server refused this request: {detail}",

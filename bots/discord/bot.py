@@ -13,7 +13,7 @@ from bots.core import Core
 from bots.discord import translate
 from bots.discord.slash import SlashCommands
 from bots.discord.translate import PLATFORM
-from bots.fetch import FetchError, fetch_image
+from bots.fetch import fetch_image
 from bots.text import split_message
 from qvl.errors import UserFacingError
 from qvl.messages import language_of, say
@@ -156,10 +156,7 @@ class DiscordFrontend(discord.Client):
             raise UserFacingError.of("image_too_large", mb=limit // 1_048_576)
         images = [await a.read() for a in attachments]
         for url in translate.links(text)[: self.settings.images_per_message]:
-            try:
-                images.append(await fetch_image(url, max_bytes=limit, timeout_s=self.settings.fetch_timeout_s))
-            except FetchError as exc:
-                raise UserFacingError(exc.message) from exc
+            images.append(await fetch_image(url, max_bytes=limit, timeout_s=self.settings.fetch_timeout_s))
         return tuple(images)
 
     # --- while the user waits -------------------------------------------------------

@@ -7,7 +7,7 @@ import base64
 import logging
 
 from bots.core import Core
-from bots.fetch import FetchError, fetch_image
+from bots.fetch import fetch_image
 from bots.text import split_message
 from bots.wechat.compat import (
     FileBox,
@@ -120,11 +120,8 @@ class WechatFrontend(Wechaty):
         if getattr(box, "buffer", None):
             return bytes(box.buffer)
         if getattr(box, "remoteUrl", None):
-            try:
-                return await fetch_image(box.remoteUrl, max_bytes=self.settings.image_max_bytes,
-                                         timeout_s=self.settings.fetch_timeout_s)
-            except FetchError as exc:
-                raise UserFacingError(exc.message, zh=say("picture_fetch_failed", "zh")) from exc
+            return await fetch_image(box.remoteUrl, max_bytes=self.settings.image_max_bytes,
+                                     timeout_s=self.settings.fetch_timeout_s)
         raise UserFacingError.of("picture_unread")
 
     async def _say_to(self, msg: Message, text: str) -> None:

@@ -62,10 +62,17 @@ class PictureBuffer:
         return tuple(data for at, data in held if now - at <= self.window_s)
 
 
+def language(text: str) -> str | None:
+    """The reply language: Chinese for Chinese text, commands and pictures without text
+    (WeChat's users mostly write Chinese); English for a question written in English."""
+    bare = text.strip()
+    return language_of(bare) or ("zh" if not bare or bare.startswith("/") else None)
+
+
 def incoming(*, room_id: str | None, user_id: str, user_name: str | None, message_id: str, text: str,
              images: tuple[bytes, ...]) -> IncomingMessage:
     """The core's record of a WeChat message (a room is both the space and the channel)."""
     where = Where(space_id=room_id, channel_id=room_id) if room_id else Where(channel_id=user_id)
     return IncomingMessage(platform=PLATFORM, chat_id=room_id or user_id, user_id=user_id, where=where,
                            message_id=message_id, text=text, images=images, user_name=user_name,
-                           thread_id=None, language=language_of(text) if text.strip() else "zh")
+                           thread_id=None, language=language(text))

@@ -13,12 +13,19 @@ import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-import pytest_asyncio
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from tests.fakes import wechat_puppet
-from tests.fakes.wechat_puppet import (
+# wechaty_puppet, not wechaty: wechaty itself only imports after the patch in
+# bots/wechat/compat.py (and tests/fakes/wechat_puppet.py).
+pytest.importorskip(
+    "wechaty_puppet", reason="needs the `wechat` extra; scripts/test.sh runs these tests in .venv-wechat"
+)
+
+import pytest_asyncio  # noqa: E402
+from grpclib.const import Status  # noqa: E402
+from grpclib.exceptions import GRPCError, StreamTerminatedError  # noqa: E402
+
+from tests.fakes import wechat_puppet  # noqa: E402
+from tests.fakes.wechat_puppet import (  # noqa: E402
     AT_SEPARATOR,
     FakeWechat,
     FileBox,
