@@ -8,6 +8,7 @@ COPY qvl qvl
 COPY bots bots
 COPY worker worker
 COPY storage storage
+COPY cli cli
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir .
 HEALTHCHECK --interval=30s --timeout=10s \

@@ -10,6 +10,7 @@ COPY qvl qvl
 COPY bots bots
 COPY worker worker
 COPY storage storage
+COPY cli cli
 # torch is a dependency of the package; the CPU build keeps this image small.
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir '.[wechat]'

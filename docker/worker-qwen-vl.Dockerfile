@@ -13,6 +13,7 @@ COPY qvl qvl
 COPY bots bots
 COPY worker worker
 COPY storage storage
+COPY cli cli
 RUN pip install --no-cache-dir torch==2.13.0 torchvision==0.28.0 && pip install --no-cache-dir '.[qwen-vl]'
 # Int4 (GPTQ): built against the torch above; TORCH_CUDA_ARCH_LIST keeps the build to current GPUs.
 ARG GPTQ=1

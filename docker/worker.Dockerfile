@@ -9,6 +9,7 @@ COPY qvl qvl
 COPY bots bots
 COPY worker worker
 COPY storage storage
+COPY cli cli
 RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir .
 ENV QVL_DATA_DIR=/data HF_HOME=/data/hf
 VOLUME /data

@@ -61,3 +61,13 @@ def test_the_qwen_vl_image_installs_the_pinned_stack():
     service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["worker-qwen-vl"]
     assert service["environment"]["QVL_ENGINE"] == "qwen-vl"  # not overridden by .env's QVL_MODEL
     assert service["environment"]["QVL_MODEL"].startswith("${QVL_QWEN_VL_MODEL:-Qwen/Qwen-VL-Chat}")
+
+
+def test_every_image_copies_every_package_the_project_installs():
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    names = {p.rstrip("*") for p in packages["include"]}
+    for dockerfile in (ROOT / "docker").glob("*.Dockerfile"):
+        copied = {line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("COPY ")}
+        assert names <= copied, f"{dockerfile.name} does not copy {sorted(names - copied)}"
