@@ -4,32 +4,5 @@ Kept so that ``from tests.fakes.discord_server import FakeDiscord, running`` (te
 conftest, benchmarks) keeps working.
 """
 
-from tests.fakes.discord import (
-    Call,
-    Edit,
-    FakeDiscord,
-    Intent,
-    InteractionResponse,
-    Permission,
-    Reaction,
-    SentMessage,
-    Typing,
-    World,
-    fake_discord,
-    running,
-)
-
-__all__ = [
-    "Call",
-    "Edit",
-    "FakeDiscord",
-    "Intent",
-    "InteractionResponse",
-    "Permission",
-    "Reaction",
-    "SentMessage",
-    "Typing",
-    "World",
-    "fake_discord",
-    "running",
-]
+from tests.fakes.discord import *  # noqa: F403
+from tests.fakes.discord import __all__  # noqa: F401

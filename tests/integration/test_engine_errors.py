@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from bots.core import Core
 from qvl.messages import say
 from qvl.protocol import Accepted, IncomingMessage, Reply
+from tests.integration.test_openai_engine import FakeServer
 
 PLATFORM = "test"
 
 
-class ScriptedServer:
+class ScriptedServer(FakeServer):
     """Answers POST /v1/chat/completions from a script of (status, headers, body) steps;
     the last step repeats. A body is a dict (sent as JSON) or a stream: a list of SSE
     ``data:`` payloads (dicts), optionally ending in one of
@@ -35,32 +35,7 @@ class ScriptedServer:
     else the stream ends with ``data: [DONE]``.
     """
 
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.script: list[tuple[int, dict, object]] = []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                server.requests.append({"path": self.path, "json": json.loads(body)})
-                step = server.script[min(len(server.requests), len(server.script)) - 1]
-                server.answer(self, *step)
-
-        return Handler
-
-    @staticmethod
-    def answer(h: BaseHTTPRequestHandler, status: int, headers: dict, body) -> None:
+    def answer(self, h: BaseHTTPRequestHandler, status: int, headers: dict, body) -> None:
         if isinstance(body, list):
             end = body[-1] if body and isinstance(body[-1], str) else "done"
             chunks = [f"data: {json.dumps(c)}\n\n".encode() for c in body if isinstance(c, dict)]
@@ -79,17 +54,7 @@ class ScriptedServer:
                 h.wfile.write(b"data: [DONE]\n\n")
             h.close_connection = True  # "cut" never sends the terminating 0-length chunk
             return
-        data = json.dumps(body).encode()
-        h.send_response(status)
-        for k, v in {"Content-Type": "application/json", **headers}.items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().answer(h, status, headers, body)
 
 
 def error(message: str, kind: str = "invalid_request_error") -> dict:
