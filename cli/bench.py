@@ -143,7 +143,7 @@ async def _qvl_turns(settings: Settings, url: str, n: int, turns: int) -> list[f
     async def one(conv: int, i: int) -> float:
         start = time.perf_counter()
         accepted = await core.handle(IncomingMessage(
-            platform=platform, scope_key=f"conv{conv}", chat_id=f"c{conv}", user_id=f"u{conv}",
+            platform=platform, chat_id=f"c{conv}", user_id=f"u{conv}",
             message_id=uuid.uuid4().hex, text=f"turn {i}"))
         if accepted.job_id in early:
             done = early.pop(accepted.job_id)
