@@ -61,6 +61,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     "link_scheme": {"en": "I can only fetch http(s) links.", "zh": "只能获取 http(s) 链接。"},
     "link_not_picture": {"en": "That link is not a picture I can read.", "zh": "这个链接不是可以识别的图片。"},
     # delivery and the worker
+    "too_many_attempts": {"en": "Sorry, I could not answer that: the attempts kept failing. Please ask again.",
+                          "zh": "抱歉，多次尝试都失败了，请重新提问。"},
     "sorry": {"en": "Sorry, something went wrong while answering. Please try again.",
               "zh": "抱歉，回答时出了点问题，请稍后再试。"},
     "picture_too_large_mb": {"en": "That picture is too large ({size} MB; the limit is {mb} MB).",

@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     wechat_picture_window_s: float = Field(180, description="a picture joins its sender's next question within this")
 
     turn_timeout_s: int = Field(1800, description="a turn unacknowledged this long after a worker died is redone")
+    heartbeat_s: float = Field(2.0, gt=0, description="a running turn's worker records that it is alive this often")
+    worker_lost_s: float = Field(15.0, gt=0, description="a running turn whose heartbeat is this old is redone "
+                                                         "(its worker is gone)")
+    max_attempts: int = Field(3, ge=1, description="a turn whose workers died this many times fails for good")
+    redispatch_s: float = Field(5.0, gt=0, description="a waiting turn whose queue message is gone is sent "
+                                                       "again after this long")
+    reconcile_interval_s: float = Field(5.0, gt=0, description="how often a worker checks SQL for lost turns")
+    delivery_lease_s: float = Field(60.0, gt=0, description="a reply a frontend took but did not acknowledge "
+                                                            "is offered again after this long")
     stream_interval_s: float = Field(0.5, description="least time between streamed partial answers")
 
     @field_validator("discord_allowed_guilds", "discord_allowed_channels", "discord_allowed_roles",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
+
+from qvl.errors import UserFacingError
 
 _HERE = Path(__file__).resolve().parent
 ALEMBIC_INI = _HERE / "alembic.ini"
@@ -34,11 +39,15 @@ def make_engine(url: str) -> Engine:
     return _make_engine(url, foreign_keys=True)
 
 
-def _make_engine(url: str, *, foreign_keys: bool) -> Engine:
+def _make_engine(url: str, *, foreign_keys: bool, connect_timeout_s: int | None = None) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        connect_args = {}
+        if (connect_timeout_s and parsed.get_backend_name() == "postgresql"
+                and "connect_timeout" not in parsed.query):
+            connect_args["connect_timeout"] = connect_timeout_s  # libpq waits for ever by default
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -90,17 +99,19 @@ def head_revision() -> str:
     return head
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", *, setting: str | None = "DATABASE_URL") -> None:
     """Migrate the database at ``url`` to ``revision``; raises on a failed migration.
 
     Safe to call from several processes at start-up: PostgreSQL runs take an
     advisory lock, SQLite ones the write lock. On SQLite foreign keys are off
     while migrating (table rebuilds would cascade) and checked afterwards.
+    A URL that cannot be read, a driver that is not installed and a database that
+    cannot be reached raise a one-line :class:`DatabaseUnavailable` naming ``setting``.
     """
     from alembic import command
 
     config = _alembic_config()
-    engine = _make_engine(url, foreign_keys=False)
+    engine = open_database(url, setting=setting)
     try:
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
@@ -127,3 +138,105 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+class DatabaseUnavailable(UserFacingError):
+    """The database cannot be used at all: its URL, its driver or the connection."""
+
+
+# The package that brings each driver module SQLAlchemy imports (pip names).
+DRIVER_PACKAGES = {
+    "MySQLdb": "mysqlclient (or use mysql+pymysql:// with PyMySQL)",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+    "mariadb": "mariadb",
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary (or use postgresql:// with psycopg 3, which qvl installs)",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+    "oracledb": "oracledb",
+    "cx_Oracle": "cx_Oracle",
+}
+
+
+def open_database(url: str, *, setting: str | None = "DATABASE_URL", connect_timeout_s: int = 10) -> Engine:
+    """An engine for migrating ``url`` (foreign keys off on SQLite) that has connected once;
+    else a one-line :class:`DatabaseUnavailable` naming ``setting``, never a password."""
+    where = f"{setting}={redact_database_url(url)}" if setting else redact_database_url(url)
+    try:
+        make_url(normalize_url(url))
+    except (ArgumentError, ValueError) as exc:
+        detail = f" ({exc})" if isinstance(exc, ValueError) else ""
+        raise DatabaseUnavailable(
+            f"{where} is not a database URL{detail}: e.g. postgresql://USER:PASSWORD@HOST/DB or "
+            "sqlite:////path/to/file.sqlite3") from exc
+    try:
+        engine = _make_engine(url, foreign_keys=False, connect_timeout_s=connect_timeout_s)
+    except NoSuchModuleError as exc:  # (an ArgumentError too)
+        dialect = str(exc).rsplit(":", 1)[-1].strip()
+        raise DatabaseUnavailable(
+            f"{where}: SQLAlchemy knows no database {dialect!r} "
+            "(qvl runs on postgresql:// and sqlite://)") from exc
+    except ArgumentError as exc:
+        raise DatabaseUnavailable(f"{where} is not a database URL SQLAlchemy can use ({exc})") from exc
+    except OSError as exc:  # SQLite: its directory cannot be made
+        raise DatabaseUnavailable(
+            f"cannot open the database at {where} ({exc.strerror or exc}: {exc.filename})") from exc
+    except ImportError as exc:
+        module = (exc.name or "").split(".")[0] or str(exc)
+        package = DRIVER_PACKAGES.get(module, module)
+        raise DatabaseUnavailable(
+            f"{where} needs the database driver {module!r}, which is not installed: "
+            f"pip install {package}") from exc
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        engine.dispose()
+        raise DatabaseUnavailable(f"cannot reach the database at {where} ({_why(exc)})") from exc
+    return engine
+
+
+def _why(exc: DBAPIError) -> str:
+    """A few words for why connecting failed, from the driver's message."""
+    text = str(exc.orig if exc.orig is not None else exc).strip()
+    lowered = text.lower()
+    for needle, reason in (
+        ("connection refused", "connection refused"),
+        ("failed to resolve host", "unknown host"),
+        ("could not translate host name", "unknown host"),
+        ("name or service not known", "unknown host"),
+        ("password authentication failed", "authentication failed: check the user and password"),
+        ("no password supplied", "it wants a password"),
+        ("timeout expired", "timed out"),
+        ("timed out", "timed out"),
+        ("unable to open database file", "cannot open the file: does its directory exist and is it writable?"),
+    ):
+        if needle in lowered:
+            return reason
+    if "FATAL:" in text:  # PostgreSQL's own words: role or database does not exist, ...
+        text = text.split("FATAL:", 1)[1]
+    first = text.strip().splitlines()[0] if text.strip() else type(exc.orig or exc).__name__
+    return first.strip()[:200]
+
+
+def redact_database_url(url: str) -> str:
+    """``url`` with its password (and any ``password=`` parameter) shown as ``***``;
+    a user name alone is kept. What is not a URL loses everything before its last '@'."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or not parts.scheme or "://" not in url:
+        return re.sub(r"^([^@]*?://)?[^@]*@", lambda m: f"{m.group(1) or ''}***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"{userinfo}@{host}"
+    head = f"{parts.scheme}://"
+    rest = url[len(head) + len(parts.netloc):] if url.lower().startswith(head) else url.split("://", 1)[1]
+    rest = re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&#]*", r"\1***", rest)
+    return f"{url[:len(head)]}{netloc}{rest}"

@@ -181,6 +181,7 @@ class Job(Base):
         CheckConstraint(_in_list("status", JOB_STATUSES), name="status"),
         Index(None, "status", "enqueued_at"),
         Index(None, "platform", "delivered_at"),
+        Index(None, "conversation_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -198,8 +199,15 @@ class Job(Base):
     reply_message_id: Mapped[int | None] = mapped_column(
         ForeignKey("messages.id", ondelete="SET NULL")
     )
-    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # the frontend acknowledged it
     platform: Mapped[str] = mapped_column(String(32))
+    # Sent to the queue last at this time (None: never, e.g. waiting for the turn before it).
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The running worker's last sign of life: a stale one means the worker is gone.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A frontend holds the reply until then; unacknowledged, it is offered again after.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # Joined, not selectin: a job is read on every turn, and one query beats three.
     message: Mapped[Message] = relationship(foreign_keys=[message_id], lazy="joined", innerjoin=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from qvl.protocol import JobState, Part, decode_parts
@@ -191,11 +192,12 @@ def context_messages(
 ) -> list[Message]:
     """Return the model's context for a turn, oldest first.
 
-    That is the newest ``max_messages`` messages above the conversation's floor with
-    id <= ``up_to_message_id``, without failed messages or user messages whose job
-    failed or was cancelled; message ``up_to_message_id`` itself is always included.
-    Raises ``ValueError`` if ``max_messages`` < 1 and ``LookupError`` for an unknown
-    conversation.
+    That is the newest ``max_messages`` messages of the turns above the conversation's
+    floor up to the user message ``up_to_message_id``, each turn's question followed by
+    its answer (an answer stored after a later question was asked still comes right after
+    its own question), without failed messages or user messages whose job failed or was
+    cancelled; message ``up_to_message_id`` itself is always included. Raises
+    ``ValueError`` if ``max_messages`` < 1 and ``LookupError`` for an unknown conversation.
     """
     if max_messages < 1:
         raise ValueError("max_messages must be at least 1")
@@ -207,8 +209,9 @@ def context_messages(
     abandoned = exists().where(
         Job.message_id == Message.id, Job.status.in_((JobState.FAILED, JobState.CANCELLED))
     )
+    turn = func.coalesce(Message.in_reply_to, Message.id)  # the user message a message belongs to
     kept = and_(
-        Message.id > floor,
+        turn > floor,
         Message.status != "failed",
         ~and_(Message.role == "user", abandoned),
     )
@@ -216,10 +219,11 @@ def context_messages(
         select(Message)
         .where(
             Message.conversation_id == conversation_id,
-            Message.id <= up_to_message_id,
+            or_(and_(Message.role == "user", Message.id <= up_to_message_id),
+                and_(Message.role == "assistant", Message.in_reply_to < up_to_message_id)),
             or_(Message.id == up_to_message_id, kept),
         )
-        .order_by(Message.id.desc())
+        .order_by(turn.desc(), Message.role.asc())  # newest turn first, its answer before it
         .limit(max_messages)
     )
     return list(reversed(session.scalars(query).all()))
@@ -247,20 +251,84 @@ def _lock_job(session: Session, job_id: int) -> Job:
     return job
 
 
-def start_job(*, session: Session, job_id: int, engine: str) -> Job | None:
-    """Mark a queued (or redelivered running) job running and return it; None if it is over.
+_UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
 
-    Counts the attempt. Raises ``LookupError`` for an unknown job.
+
+def _earlier_unfinished(job_table=Job):
+    """An earlier job of the same conversation that is not finished yet (SQL clause)."""
+    earlier = aliased(Job)
+    return exists().where(earlier.conversation_id == job_table.conversation_id, earlier.id < job_table.id,
+                          earlier.status.in_(_UNFINISHED))
+
+
+def start_job(*, session: Session, job_id: int, engine: str, stale_before: datetime | None = None) -> Job | None:
+    """Mark a job running and return it, counting the attempt; None when it must not run now.
+
+    None when the job is over, when an earlier turn of its conversation is not finished
+    (turns of one conversation run one at a time, in order; the earlier one's end sends
+    this one again), or when it is running with a heartbeat newer than ``stale_before``
+    (another worker is on it). A running job whose heartbeat is older is taken over: its
+    worker is gone (without ``stale_before``, any running job is). Raises ``LookupError``
+    for an unknown job.
     """
     job = _lock_job(session, job_id)
-    if job.status not in (JobState.QUEUED, JobState.RUNNING):
+    if job.status not in _UNFINISHED:
         return None
+    alive = job.heartbeat_at or job.started_at
+    if job.status == JobState.RUNNING and stale_before is not None and alive and alive > stale_before:
+        return None
+    waiting = session.scalar(select(exists().where(
+        Job.conversation_id == job.conversation_id, Job.id < job.id, Job.status.in_(_UNFINISHED))))
+    if waiting:
+        return None
+    now = utcnow()
     job.status = JobState.RUNNING
     job.engine = engine
-    job.started_at = utcnow()
+    job.started_at = job.heartbeat_at = now
     job.attempts += 1
     session.flush()
     return job
+
+
+def heartbeat(*, session: Session, job_id: int) -> None:
+    """Record that the worker running ``job_id`` is alive."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == JobState.RUNNING)
+                    .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+
+
+def mark_dispatched(*, session: Session, job_ids: Sequence[int]) -> None:
+    """Record that these jobs were just sent to the queue."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(dispatched_at=utcnow())
+                        .execution_options(synchronize_session=False))
+
+
+def is_next(*, session: Session, job_id: int) -> bool:
+    """Whether ``job_id`` is unfinished and the oldest unfinished turn of its conversation."""
+    return bool(session.scalar(select(exists().where(
+        Job.id == job_id, Job.status.in_(_UNFINISHED), ~_earlier_unfinished()))))
+
+
+def next_queued(*, session: Session, conversation_id: int) -> Job | None:
+    """The conversation's oldest unfinished job if it is queued (the one to send next)."""
+    job = session.scalars(select(Job).where(Job.conversation_id == conversation_id,
+                                            Job.status.in_(_UNFINISHED)).order_by(Job.id).limit(1)).first()
+    return job if job is not None and job.status == JobState.QUEUED else None
+
+
+def pending_heads(*, session: Session, dispatched_before: datetime, stale_before: datetime,
+                  limit: int = 500) -> list[Job]:
+    """Jobs the queue may have lost: each conversation's oldest unfinished job, when it is
+    queued and was not sent since ``dispatched_before``, or running with a heartbeat older
+    than ``stale_before`` (its worker is gone). Oldest first."""
+    lost = or_(
+        and_(Job.status == JobState.QUEUED,
+             or_(Job.dispatched_at.is_(None), Job.dispatched_at < dispatched_before),
+             Job.enqueued_at < dispatched_before),
+        and_(Job.status == JobState.RUNNING, func.coalesce(Job.heartbeat_at, Job.started_at) < stale_before,
+             or_(Job.dispatched_at.is_(None), Job.dispatched_at < dispatched_before)),
+    )
+    return list(session.scalars(select(Job).where(lost, ~_earlier_unfinished()).order_by(Job.id).limit(limit)))
 
 
 def finish_job(*, session: Session, job_id: int, parts: Sequence[Part]) -> Message:
@@ -332,33 +400,54 @@ def queue_position(*, session: Session, job_id: int) -> int | None:
     return session.scalar(select(func.count(Job.id)).where(Job.status == JobState.QUEUED, ahead))
 
 
+def _earlier_undelivered():
+    earlier = aliased(Job)
+    return exists().where(earlier.conversation_id == Job.conversation_id, earlier.id < Job.id,
+                          earlier.delivered_at.is_(None), earlier.status != JobState.CANCELLED)
+
+
+def _offerable(now: datetime):
+    """Finished, not acknowledged, not held by a live lease, and the conversation's oldest
+    such reply (replies of one conversation go out one at a time, in order)."""
+    return and_(Job.delivered_at.is_(None), Job.status.in_((JobState.DONE, JobState.FAILED)),
+                or_(Job.lease_until.is_(None), Job.lease_until < now), ~_earlier_undelivered())
+
+
 def undelivered_jobs(*, session: Session, platform: str, limit: int = 50) -> list[Job]:
-    """Return finished (done or failed) jobs of ``platform`` not yet delivered, oldest first."""
-    query = (
-        select(Job)
-        .where(
-            Job.platform == platform,
-            Job.delivered_at.is_(None),
-            Job.status.in_((JobState.DONE, JobState.FAILED)),
-        )
-        .order_by(Job.finished_at, Job.id)
-        .limit(limit)
-    )
+    """Finished jobs of ``platform`` whose reply may be offered now, at most one per
+    conversation, oldest first."""
+    query = (select(Job).where(Job.platform == platform, _offerable(utcnow()))
+             .order_by(Job.finished_at, Job.id).limit(limit))
     return list(session.scalars(query).all())
 
 
-def claim_delivery(*, session: Session, job_id: int) -> bool:
-    """Mark the job delivered; return True for exactly one caller, even across processes.
-
-    The claim holds once the caller commits; commit straight away, before sending.
-    """
+def claim_delivery(*, session: Session, job_id: int, lease_s: float) -> bool:
+    """Lease the job's reply to the caller for ``lease_s`` seconds; True for exactly one
+    caller, even across processes, and only while the reply may be offered (see
+    :func:`undelivered_jobs`). Commit at once; acknowledge with :func:`ack_delivery`
+    once the platform accepted it, or it is offered again when the lease ends."""
+    now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.delivered_at.is_(None))
-        .values(delivered_at=utcnow())
+        .where(Job.id == job_id, _offerable(now))
+        .values(lease_until=now + timedelta(seconds=lease_s), delivery_attempts=Job.delivery_attempts + 1)
         .execution_options(synchronize_session="fetch")
     )
     return result.rowcount == 1
+
+
+def ack_delivery(*, session: Session, job_id: int) -> None:
+    """Record that the job's reply was delivered (the platform accepted it)."""
+    session.execute(update(Job).where(Job.id == job_id, Job.delivered_at.is_(None))
+                    .values(delivered_at=utcnow(), lease_until=None)
+                    .execution_options(synchronize_session=False))
+
+
+def release_delivery(*, session: Session, job_id: int, retry_in_s: float) -> None:
+    """A delivery failed: offer the reply again in ``retry_in_s`` seconds."""
+    session.execute(update(Job).where(Job.id == job_id, Job.delivered_at.is_(None))
+                    .values(lease_until=utcnow() + timedelta(seconds=retry_in_s))
+                    .execution_options(synchronize_session=False))
 
 
 def set_platform_message_id(*, session: Session, message_id: int, platform_message_id: str) -> None:

@@ -48,6 +48,9 @@ def create_app(settings: Settings, url: str | None = None, *,
     url = url or redis_url(settings)
     app = make_celery(settings, url)
     context = WorkerContext(settings, url, engine_factory)
+    from worker.reconcile import reconciler_step
+
+    app.steps["worker"].add(reconciler_step(settings, url))  # SQL puts back what the queue lost
 
     @app.task(name=TASK_NAME, bind=True, max_retries=None)
     def run_turn(self, job_id: int, v: int = TASK_VERSION) -> str:

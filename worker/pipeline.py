@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import redis as redis_lib
 from PIL import Image
 
 from qvl import events
+from qvl.dispatch import send_turns
 from qvl.errors import UserFacingError
 from qvl.messages import say
 from qvl.models import engine_and_family
 from qvl.protocol import BoxesPart, Event, ImagePart, JobState, Part, TextPart
+from qvl.queue import make_celery
 from qvl.settings import Settings
 from storage import repo
 from storage.db import make_engine, make_sessionmaker
+from storage.models import utcnow
 from worker.engines import Engine, load_engine
 from worker.grounding import Parsed, parse, to_pixels
 from worker.grounding.draw import draw_boxes
@@ -35,6 +40,7 @@ class Runtime:
         self.settings = settings
         self.sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
         self.redis = redis_lib.Redis.from_url(redis_url)
+        self.celery = make_celery(settings, redis_url)  # sends a conversation's next turn
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
         self.limits = Limits(settings.image_max_bytes, settings.image_max_pixels)
@@ -51,35 +57,87 @@ class Runtime:
 
 
 def run(job_id: int, rt: Runtime) -> str:
-    """Run turn ``job_id``; return its final state ("done", "failed" or "skipped").
+    """Run turn ``job_id``; return "done", "failed" or "skipped".
 
-    Idempotent: a job already finished (a redelivered task) is skipped. Errors
-    end as a failed job with a readable message; none escapes to the worker.
-    Two short transactions: start + read the context; store the answer + finish.
+    Idempotent: a job that is over, that another live worker is running, or whose
+    conversation has an earlier unfinished turn is skipped (the end of that earlier
+    turn sends this one again, so a conversation's turns run one at a time, in order,
+    each seeing the answers before it). Errors end as a failed job with a readable
+    message; none escapes to the worker. While the turn runs, a heartbeat in SQL tells
+    the reconciler this worker is alive. When it ends, the conversation's next turn is
+    sent. A turn tried ``max_attempts`` times (its workers died) fails for good.
     """
+    settings = rt.settings
     with rt.sessions() as session:
-        job = repo.start_job(session=session, job_id=job_id, engine=rt.engine_label)
+        stale = utcnow() - timedelta(seconds=settings.worker_lost_s)
+        job = repo.start_job(session=session, job_id=job_id, engine=rt.engine_label, stale_before=stale)
         if job is None:
             session.commit()
-            log.info("job %s already finished; skipping", job_id)
+            log.info("job %s is over, running elsewhere or waiting for its turn; skipping", job_id)
             return "skipped"
-        platform, language = job.platform, job.message.language
-        turns, blobs = _load_context(session, job, rt.settings)
+        platform, language, conversation = job.platform, job.message.language, job.conversation_id
+        attempts = job.attempts
+        turns, blobs = ([], {}) if attempts > settings.max_attempts else _load_context(session, job, settings)
         session.commit()
+    if attempts > settings.max_attempts:
+        log.error("job %s: given up after %s attempts whose workers died", job_id, attempts - 1)
+        return _end(rt, conversation, _fail(rt, platform, job_id, say("too_many_attempts", language)))
     _publish(rt, platform, job_id, JobState.RUNNING)
     try:
-        _answer(job_id, rt, turns, blobs, _streamer(rt, platform, job_id))
+        with _Heartbeat(rt, job_id):
+            _answer(job_id, rt, turns, blobs, _streamer(rt, platform, job_id))
     except UserFacingError as exc:  # engines' and pictures' errors: the user reads them
         cause = exc.__cause__
         log.warning("job %s failed: %s%s", job_id, exc.message,
                     f" (cause: {type(cause).__name__}: {cause})" if cause else "")
-        return _fail(rt, platform, job_id, exc.text(language))
+        return _end(rt, conversation, _fail(rt, platform, job_id, exc.text(language)))
     except Exception:
         log.exception("job %s crashed", job_id)
-        return _fail(rt, platform, job_id, say("sorry", language))
-    rt.redis.delete(events.partial_key(rt.settings.namespace, job_id))
+        return _end(rt, conversation, _fail(rt, platform, job_id, say("sorry", language)))
+    rt.redis.delete(events.partial_key(settings.namespace, job_id))
     _publish(rt, platform, job_id, JobState.DONE)
-    return "done"
+    return _end(rt, conversation, "done")
+
+
+def _end(rt: Runtime, conversation_id: int, state: str) -> str:
+    """Send the conversation's next turn, now that this one is over; return ``state``."""
+    try:
+        with rt.sessions() as session:
+            following = repo.next_queued(session=session, conversation_id=conversation_id)
+            if following is not None:
+                repo.mark_dispatched(session=session, job_ids=[following.id])
+            session.commit()
+        if following is not None:
+            send_turns(rt.celery, rt.settings, [following.id])
+    except Exception:  # the reconciler sends it if this did not
+        log.warning("could not send the next turn of conversation %s", conversation_id, exc_info=True)
+    return state
+
+
+class _Heartbeat:
+    """Touches the job's heartbeat every ``heartbeat_s`` from a thread while the turn runs."""
+
+    def __init__(self, rt: Runtime, job_id: int):
+        self.rt, self.job_id = rt, job_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.rt.settings.heartbeat_s):
+            try:
+                with self.rt.sessions() as session:
+                    repo.heartbeat(session=session, job_id=self.job_id)
+                    session.commit()
+            except Exception:  # a database blip: the next beat tries again
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
 
 def _load_context(session, job, settings: Settings) -> tuple[list[StoredTurn], dict]:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qvl.protocol import Box, BoxesPart
 from storage import repo
 from storage.db import current_revision, head_revision, upgrade
-from storage.models import Base, Conversation, Image, Job, Message
+from storage.models import Base, Conversation, Image, Job, Message, utcnow
 
 # Until tests/conftest.py re-exports them for every test module.
 
@@ -325,60 +325,94 @@ def test_queue_positions(session_factory: Factory) -> None:
         assert repo.start_job(session=session, job_id=ids[2], engine="e") is None
 
 
-def test_claim_delivery_wins_once_among_four_threads(session_factory: Factory) -> None:
+def test_a_delivery_lease_goes_to_one_of_four_threads_until_acknowledged_or_released(
+        session_factory: Factory) -> None:
     conversation = new_conversation(session_factory)
     job = answered_turn(session_factory, conversation, "m1", "hi")
 
     def claim() -> bool:
         with session_factory() as session:
-            won = repo.claim_delivery(session=session, job_id=job.id)
+            won = repo.claim_delivery(session=session, job_id=job.id, lease_s=60)
             session.commit()
             return won
 
+    def state():
+        with session_factory() as session:
+            return repo.get_job(session=session, job_id=job.id)
+
+    assert sorted(race(4, claim)) == [False, False, False, True]
+    assert state().delivered_at is None and state().lease_until is not None  # leased, not delivered
+    with session_factory() as session:  # the send failed: offered again (here at once)
+        repo.release_delivery(session=session, job_id=job.id, retry_in_s=0)
+        session.commit()
     assert sorted(race(4, claim)) == [False, False, False, True]
     with session_factory() as session:
-        delivered = repo.get_job(session=session, job_id=job.id)
-        assert delivered is not None and delivered.delivered_at is not None
-        assert delivered.delivered_at.tzinfo == UTC
+        repo.ack_delivery(session=session, job_id=job.id)
+        session.commit()
+    assert not claim()
+    delivered = state()
+    assert delivered.delivered_at is not None and delivered.delivered_at.tzinfo == UTC
+    assert delivered.delivery_attempts == 2
 
 
-def test_undelivered_jobs(session_factory: Factory) -> None:
+def test_replies_are_offered_one_per_conversation_in_order(session_factory: Factory) -> None:
     conversation = new_conversation(session_factory)
     first = answered_turn(session_factory, conversation, "m1", "one")
     with session_factory() as session:
         _, failed, _ = user_turn(session, conversation, "m2", "two")
-        _, queued, _ = user_turn(session, conversation, "m3", "three")
         repo.fail_job(session=session, job_id=failed.id, error="boom")
         session.commit()
-    second = answered_turn(session_factory, conversation, "m4", "four")
+    second = answered_turn(session_factory, conversation, "m3", "three")
     with session_factory() as session:
-        other = repo.get_or_create_conversation(session=session, platform="wechat", scope_key="x")
-        repo.add_user_turn(
-            session=session,
-            conversation=other,
-            parts=text("hi"),
-            platform="wechat",
-            platform_message_id="w1",
-            chat_id="x",
-            thread_id=None,
-            user_id="x",
-        )
+        _, queued, _ = user_turn(session, conversation, "m4", "four")  # not finished yet
         session.commit()
+    elsewhere = answered_turn(session_factory, new_conversation(session_factory, "chan-2"), "n1", "hi")
 
-    def pending(limit: int = 50) -> list[int]:
+    def pending() -> list[int]:
         with session_factory() as session:
-            jobs = repo.undelivered_jobs(session=session, platform="discord", limit=limit)
-            return [job.id for job in jobs]
+            return [job.id for job in repo.undelivered_jobs(session=session, platform="discord")]
 
-    assert pending() == [first.id, failed.id, second.id]
-    assert pending(limit=2) == [first.id, failed.id]
+    def ack(job_id: int) -> None:
+        with session_factory() as session:
+            repo.ack_delivery(session=session, job_id=job_id)
+            session.commit()
+
+    assert pending() == [first.id, elsewhere.id]  # the oldest of each conversation
     with session_factory() as session:
         jobs = repo.undelivered_jobs(session=session, platform="discord")
         assert jobs[0].reply_message is not None and jobs[0].message.platform_message_id == "m1"
-        assert repo.claim_delivery(session=session, job_id=first.id)
+        assert repo.claim_delivery(session=session, job_id=second.id, lease_s=60) is False  # not its turn
         session.commit()
-    assert pending() == [failed.id, second.id]
+    ack(first.id)
+    assert pending() == [failed.id, elsewhere.id]
+    ack(failed.id)
+    assert pending() == [second.id, elsewhere.id]
+    ack(second.id)
     assert queued.id not in pending()
+
+
+def test_turns_of_one_conversation_start_in_order_and_a_lost_worker_is_taken_over(
+        session_factory: Factory) -> None:
+    conversation = new_conversation(session_factory)
+    with session_factory() as session:
+        jobs = [user_turn(session, conversation, f"m{i}", "q")[1] for i in range(2)]
+        session.commit()
+    now = utcnow()
+    with session_factory() as session:
+        assert repo.start_job(session=session, job_id=jobs[1].id, engine="e", stale_before=now) is None
+        assert repo.start_job(session=session, job_id=jobs[0].id, engine="e", stale_before=now) is not None
+        session.commit()
+    with session_factory() as session:  # its worker is alive: nobody else may run it
+        fresh = now - timedelta(seconds=30)
+        assert repo.start_job(session=session, job_id=jobs[0].id, engine="e", stale_before=fresh) is None
+        assert [j.id for j in repo.pending_heads(session=session, dispatched_before=now,
+                                                 stale_before=fresh)] == []
+        later = utcnow() + timedelta(seconds=30)  # …until its heartbeat is older than that
+        assert [j.id for j in repo.pending_heads(session=session, dispatched_before=now,
+                                                 stale_before=later)] == [jobs[0].id]
+        taken = repo.start_job(session=session, job_id=jobs[0].id, engine="e", stale_before=later)
+        assert taken is not None and taken.attempts == 2
+        session.commit()
 
 
 def test_replies_to_the_bot_lead_back_to_the_conversation(session_factory: Factory) -> None:
@@ -414,3 +448,20 @@ def test_space_settings_merge_and_remove(session_factory):
     with session_factory() as session:
         assert repo.space_settings(session=session, platform="discord", space_id="g1") == {"scope": "channel"}
         assert repo.space_settings(session=session, platform="wechat", space_id="g1") == {}
+
+
+def test_a_question_asked_before_the_previous_answer_was_stored_sees_that_answer(
+        session_factory: Factory) -> None:
+    conversation = new_conversation(session_factory)
+    with session_factory() as session:  # both questions arrive before either is answered
+        _, first, _ = user_turn(session, conversation, "m1", "what is it?")
+        second_msg, second, _ = user_turn(session, conversation, "m2", "and its colour?")
+        session.commit()
+    with session_factory() as session:
+        repo.start_job(session=session, job_id=first.id, engine="e")
+        repo.finish_job(session=session, job_id=first.id, parts=text("a cat"))  # stored after m2
+        session.commit()
+        messages = repo.context_messages(session=session, conversation_id=conversation.id,
+                                         up_to_message_id=second_msg.id, max_messages=10)
+    assert [(m.role, m.parts[0].text) for m in messages] == [
+        ("user", "what is it?"), ("assistant", "a cat"), ("user", "and its colour?")]
