@@ -26,11 +26,11 @@ from bots.delivery import Delivery
 from bots.ratelimit import RateLimiter
 from bots.scope import may_join, scope_key
 from qvl import events
+from qvl.dispatch import send_turns
 from qvl.errors import UserFacingError
 from qvl.messages import say
 from qvl.protocol import (
     FINAL_STATES,
-    TASK_NAME,
     Accepted,
     ImagePart,
     IncomingMessage,
@@ -38,7 +38,6 @@ from qvl.protocol import (
     Part,
     Reply,
     Scope,
-    TaskMessage,
     TextPart,
     TurnStatus,
 )
@@ -60,7 +59,7 @@ class Core:
         url = redis_url_ or redis_url(settings)
         self.redis = aioredis.Redis.from_url(url)
         self.celery = make_celery(settings, url)
-        self.delivery = Delivery(self.sessions, self.redis, settings.namespace)
+        self.delivery = Delivery(self.sessions, self.redis, settings.namespace, lease_s=settings.delivery_lease_s)
         self.limiter = RateLimiter(self.redis, namespace=settings.namespace,
                                    limit=settings.rate_limit_turns, window_s=settings.rate_limit_window_s)
 
@@ -121,6 +120,7 @@ class Core:
             return self._reply_to(msg, say("too_many_images", msg.language,
                                            n=self.settings.images_per_message), error=True, key="too_many_images")
         if known is not None:  # a redelivered event: answered once, not counted twice
+            await asyncio.to_thread(self._resend_if_waiting, known)
             return Accepted(job_id=known, duplicate=True)
         wait = await self.limiter.hit(msg.platform, msg.user_id)
         if wait is not None:
@@ -135,9 +135,8 @@ class Core:
         if created:
             try:
                 await asyncio.to_thread(self._enqueue, job_id)
-            except Exception:
-                log.exception("could not queue job %s", job_id)
-                await asyncio.to_thread(self._fail, job_id, say("busy", msg.language))
+            except Exception as exc:  # committed in SQL: the workers' reconciler sends it later
+                log.warning("could not queue job %s now (%s); it stays pending in SQL", job_id, exc)
         return Accepted(job_id=job_id, duplicate=not created)
 
     def policy(self, platform: str) -> Policy:
@@ -197,14 +196,26 @@ class Core:
             return job.id, created
 
     def _enqueue(self, job_id: int) -> None:
-        payload = TaskMessage(job_id=job_id)
-        self.celery.send_task(TASK_NAME, kwargs={"job_id": payload.job_id, "v": payload.v},
-                              queue=self.settings.queue)
-
-    def _fail(self, job_id: int, error: str) -> None:
+        """Send the turn to the queue if it is its conversation's next; a later turn is sent
+        when the one before it ends (turns of a conversation run in order)."""
         with self.sessions() as session:
-            repo.fail_job(session=session, job_id=job_id, error=error)
+            if not repo.is_next(session=session, job_id=job_id):
+                return
+            repo.mark_dispatched(session=session, job_ids=[job_id])
             session.commit()
+        send_turns(self.celery, self.settings, [job_id])
+
+    def _resend_if_waiting(self, job_id: int) -> None:
+        """A redelivered event whose turn is still queued: send it again (its first message
+        may have been lost with the process that was sending it)."""
+        with self.sessions() as session:
+            job = repo.get_job(session=session, job_id=job_id)
+            waiting = job is not None and job.status == JobState.QUEUED
+        if waiting:
+            try:
+                self._enqueue(job_id)
+            except Exception as exc:
+                log.warning("could not re-send job %s (%s); the reconciler will", job_id, exc)
 
     # --- a space's settings (admins) -------------------------------------------------
 
@@ -294,14 +305,28 @@ class Core:
         (see :meth:`Delivery.replies`)."""
         return self.delivery.replies(platform, sweep_s=sweep_s)
 
-    async def serve_replies(self, platform: str, send: Callable[[Reply], Awaitable[None]]) -> None:
-        """Hand every finished reply of ``platform`` to ``send``, once each, for good: the
-        delivery loop of a frontend (cancel the task to stop it). A failure is logged and
-        the loop starts again; the replies it had not claimed stay in the backlog."""
+    async def serve_replies(self, platform: str, send: Callable[[Reply], Awaitable[object]]) -> None:
+        """Hand every finished reply of ``platform`` to ``send``, for good: the delivery
+        loop of a frontend (cancel the task to stop it).
+
+        ``send`` raises when the platform did not take the reply: the reply is offered
+        again later. When it returns, the reply is acknowledged (delivered). A frontend
+        that dies in between leaves a lease that ends after ``QVL_DELIVERY_LEASE_S``: the
+        reply is offered again then (at most one reply per conversation is ever in flight).
+        """
         while True:
             try:
                 async for reply in self.replies(platform):
-                    await send(reply)
+                    try:
+                        await send(reply)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("could not deliver the reply of job %s (%s: %s); offering it again later",
+                                    reply.job_id, type(exc).__name__, exc)
+                        await self.delivery.release(reply)
+                        continue
+                    await self.delivery.ack(reply)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -309,12 +334,17 @@ class Core:
                 await asyncio.sleep(2)
 
     async def take_reply(self, job_id: int) -> Reply | None:
-        """Claim the reply of one finished turn; None if unfinished or already delivered."""
-        return await self.delivery.take(job_id)
+        """Claim and acknowledge the reply of one finished turn (for a frontend that waits
+        on its own turn, such as the terminal); None if unfinished or already delivered."""
+        reply = await self.delivery.take(job_id)
+        if reply is not None:
+            await self.delivery.ack(reply)
+        return reply
 
-    async def sent(self, reply: Reply, platform_message_id: str) -> None:
-        """Record the platform's id of a delivered reply, so replies to it continue the chat."""
-        await self.delivery.sent(reply, platform_message_id)
+    async def sent(self, reply: Reply, platform_message_id: str | None = None) -> None:
+        """The platform accepted ``reply``: acknowledge it, and record the platform's id of
+        its message (so replies to it continue the chat)."""
+        await self.delivery.ack(reply, platform_message_id)
 
 
 def _inspect_images(images: tuple[bytes, ...], max_bytes: int) -> tuple[list[tuple[str, int, int]], str | None]:

@@ -1,7 +1,11 @@
-"""Finished replies back to the frontends: exactly once, surviving restarts.
+"""Finished replies back to the frontends: acknowledged leases, in order, surviving restarts.
 
-SQL is the truth (a job is delivered when its ``delivered_at`` is claimed); Redis
-events only make delivery prompt. A frontend that was down finds its backlog.
+SQL is the truth. A frontend takes a reply on a lease (``QVL_DELIVERY_LEASE_S``) and
+acknowledges it once the platform accepted it; a reply not acknowledged in time (the
+frontend died, the send failed) is offered again. At most one reply per conversation
+is out at a time, oldest first, so a crash costs at most one possible duplicate, never
+a loss, and a conversation's replies arrive in order. Redis events only make delivery
+prompt; a sweep of SQL finds what they missed and the backlog of a frontend that was down.
 """
 
 from __future__ import annotations
@@ -20,26 +24,34 @@ from storage import repo
 
 log = logging.getLogger(__name__)
 
+MAX_ATTEMPTS = 8  # a reply the platform refused this often is given up, with a log line
+
 
 class Delivery:
-    """Claims finished jobs in SQL and turns them into :class:`Reply` records."""
+    """Leases finished jobs' replies in SQL and turns them into :class:`Reply` records."""
 
-    def __init__(self, sessions: sessionmaker[Session], redis: aioredis.Redis, namespace: str):
-        self.sessions, self.redis, self.namespace = sessions, redis, namespace
+    def __init__(self, sessions: sessionmaker[Session], redis: aioredis.Redis, namespace: str,
+                 *, lease_s: float = 60.0):
+        self.sessions, self.redis, self.namespace, self.lease_s = sessions, redis, namespace, lease_s
 
     async def replies(self, platform: str, *, sweep_s: float = 5.0) -> AsyncIterator[Reply]:
-        """Every finished turn of ``platform``, each yielded once across all processes.
+        """Finished replies of ``platform``, each leased to the caller before it is yielded;
+        acknowledge each with :meth:`ack` (or :meth:`release` it).
 
-        First the backlog (replies finished while the frontend was away), then live
-        ones as workers announce them; a sweep of SQL every ``sweep_s`` catches any
-        announcement lost on the way. Each reply is claimed in SQL before it is yielded.
+        First the backlog (one reply per conversation, oldest first), then live ones as
+        workers announce them; a sweep of SQL every ``sweep_s`` catches announcements lost
+        on the way and replies whose lease ended. After a batch, the backlog is read again
+        at once: acknowledging a reply makes the next one of its conversation due.
         """
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(events.channel(self.namespace, platform))
         try:
             while True:  # subscribed first, then swept: nothing finishes unseen in between
-                for reply in await asyncio.to_thread(self._claim_backlog, platform):
+                batch = await asyncio.to_thread(self._claim_backlog, platform)
+                for reply in batch:
                     yield reply
+                if batch:
+                    continue
                 deadline = asyncio.get_running_loop().time() + sweep_s
                 while (left := deadline - asyncio.get_running_loop().time()) > 0:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
@@ -48,6 +60,7 @@ class Delivery:
                         reply = await asyncio.to_thread(self._claim_one, event.job_id)
                         if reply is not None:
                             yield reply
+                            break  # its successor may be due: read the backlog again
         finally:
             await pubsub.aclose()
 
@@ -55,12 +68,22 @@ class Delivery:
         out = []
         with self.sessions() as session:
             for job in repo.undelivered_jobs(session=session, platform=platform):
-                if repo.claim_delivery(session=session, job_id=job.id):
-                    session.commit()
-                    out.append(self._reply_for(session, job))
-                else:
-                    session.rollback()
+                reply = self._lease(session, job)
+                if reply is not None:
+                    out.append(reply)
         return out
+
+    def _lease(self, session: Session, job) -> Reply | None:
+        if not repo.claim_delivery(session=session, job_id=job.id, lease_s=self.lease_s):
+            session.rollback()
+            return None
+        session.commit()
+        if job.delivery_attempts >= MAX_ATTEMPTS:  # the count before this claim
+            log.error("giving up the reply of job %s after %d failed deliveries", job.id, job.delivery_attempts)
+            repo.ack_delivery(session=session, job_id=job.id)
+            session.commit()
+            return None
+        return self._reply_for(session, job)
 
     def _reply_for(self, session: Session, job) -> Reply:
         user = job.message
@@ -69,17 +92,16 @@ class Delivery:
         if job.status != JobState.DONE or job.reply_message is None:
             return Reply(text=job.error or say("sorry", user.language), error=True, **base)
         parts = job.reply_message.parts
-        text = parts_text(parts)
         images = []
         for n, part in enumerate(p for p in parts if isinstance(p, ImagePart)):
             blob = repo.get_image(session=session, sha256=part.sha256)
             if blob is not None:
                 images.append(ReplyImage(blob.data, blob.mime, f"boxes-{job.id}-{n + 1}.jpg"))
-        return Reply(text=text, images=tuple(images), **base)
+        return Reply(text=parts_text(parts), images=tuple(images), **base)
 
     async def take(self, job_id: int) -> Reply | None:
-        """Claim the reply of one finished turn (for frontends that wait on their own turn,
-        such as the terminal); None if it is not finished or was delivered already."""
+        """Lease the reply of one finished turn (for frontends that wait on their own turn,
+        such as the terminal); None if it is not due or was delivered already."""
         return await asyncio.to_thread(self._claim_one, job_id)
 
     def _claim_one(self, job_id: int) -> Reply | None:
@@ -87,21 +109,31 @@ class Delivery:
             job = repo.get_job(session=session, job_id=job_id)
             if job is None or job.status not in (JobState.DONE, JobState.FAILED):
                 return None
-            if not repo.claim_delivery(session=session, job_id=job_id):
-                return None
-            session.commit()
-            return self._reply_for(session, job)
+            return self._lease(session, job)
 
-    async def sent(self, reply: Reply, platform_message_id: str) -> None:
-        """Record the platform's id of a delivered reply, so replies to it continue the chat."""
-        if reply.job_id is None:
-            return
-        await asyncio.to_thread(self._record_sent, reply.job_id, platform_message_id)
+    async def ack(self, reply: Reply, platform_message_id: str | None = None) -> None:
+        """The platform accepted ``reply``: it is delivered. With the platform's id of its
+        message, replies to that message continue the conversation."""
+        if reply.job_id is not None:
+            await asyncio.to_thread(self._ack, reply.job_id, platform_message_id)
 
-    def _record_sent(self, job_id: int, platform_message_id: str) -> None:
+    def _ack(self, job_id: int, platform_message_id: str | None) -> None:
         with self.sessions() as session:
+            repo.ack_delivery(session=session, job_id=job_id)
             job = repo.get_job(session=session, job_id=job_id)
-            if job is not None and job.reply_message_id is not None:
+            if platform_message_id and job is not None and job.reply_message_id is not None:
                 repo.set_platform_message_id(session=session, message_id=job.reply_message_id,
                                              platform_message_id=platform_message_id)
-                session.commit()
+            session.commit()
+
+    async def release(self, reply: Reply) -> None:
+        """Sending ``reply`` failed: offer it again after a short, growing pause."""
+        if reply.job_id is not None:
+            await asyncio.to_thread(self._release, reply.job_id)
+
+    def _release(self, job_id: int) -> None:
+        with self.sessions() as session:
+            job = repo.get_job(session=session, job_id=job_id)
+            attempts = job.delivery_attempts if job is not None else 1
+            repo.release_delivery(session=session, job_id=job_id, retry_in_s=min(60.0, 2.0 ** attempts))
+            session.commit()

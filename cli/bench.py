@@ -131,14 +131,16 @@ async def _qvl_turns(settings: Settings, url: str, n: int, turns: int) -> list[f
     waiting: dict[int, asyncio.Future] = {}
     early: dict[int, float] = {}
 
+    async def send(reply) -> None:  # a frontend's delivery: the core acknowledges it after
+        now = time.perf_counter()
+        future = waiting.pop(reply.job_id, None)
+        if future is None:
+            early[reply.job_id] = now
+        elif not future.done():
+            future.set_result(now)
+
     async def deliver():
-        async for reply in core.replies(platform, sweep_s=5.0):
-            now = time.perf_counter()
-            future = waiting.pop(reply.job_id, None)
-            if future is None:
-                early[reply.job_id] = now
-            elif not future.done():
-                future.set_result(now)
+        await core.serve_replies(platform, send)
 
     async def one(conv: int, i: int) -> float:
         start = time.perf_counter()

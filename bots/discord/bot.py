@@ -14,6 +14,7 @@ from bots.discord import translate
 from bots.discord.slash import SlashCommands
 from bots.discord.translate import PLATFORM
 from bots.fetch import fetch_image
+from bots.health import Health
 from bots.text import split_message
 from qvl.errors import UserFacingError
 from qvl.messages import language_of, say
@@ -39,15 +40,36 @@ class DiscordFrontend(discord.Client):
         self.threads: set[int] = set()  # threads the bot was mentioned in
         self._delivery: asyncio.Task | None = None
         self._feedbacks: set[asyncio.Task] = set()  # one per waiting turn; ended by close()
+        self.health = Health(PLATFORM, settings.data_dir)  # `python -m bots.health discord`
+        self.health.down()  # a mark from before a restart is not this connection's
+        self._gateway_up = False  # between READY/RESUMED and a disconnect
+        self._health: asyncio.Task | None = None
 
     async def setup_hook(self) -> None:
         SlashCommands(self.core, self.settings, submit=self.submit).install(self.tree)
         self._delivery = asyncio.create_task(self._deliver_forever(), name="qvl-discord-delivery")
+        self._health = asyncio.create_task(
+            self.health.keep_fresh(lambda: self._gateway_up and not self.is_closed()), name="qvl-discord-health")
 
     async def on_ready(self) -> None:
+        self._mark_gateway(True)
         log.info("Discord: logged in as %s in %d server(s)", self.user, len(self.guilds))
         for guild in self.guilds:
             await self._sync(guild)
+
+    async def on_resumed(self) -> None:
+        self._mark_gateway(True)
+
+    async def on_disconnect(self) -> None:
+        self._mark_gateway(False)
+
+    def _mark_gateway(self, up: bool) -> None:
+        """Mark the gateway connection up or down for the container's healthcheck."""
+        self._gateway_up = up
+        if up:
+            self.health.up()
+        else:
+            self.health.down()
 
     async def on_guild_join(self, guild: discord.Guild) -> None:
         await self._sync(guild)
@@ -63,7 +85,8 @@ class DiscordFrontend(discord.Client):
             log.exception("could not sync slash commands in %s", guild.id)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._delivery, *self._feedbacks) if t is not None]
+        self._mark_gateway(False)
+        tasks = [t for t in (self._delivery, self._health, *self._feedbacks) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:  # bounded: shutting down must not wait on a stuck connection
@@ -206,7 +229,15 @@ class DiscordFrontend(discord.Client):
     async def deliver(self, reply: Reply, *, message: discord.Message | None = None,
                       interaction: discord.Interaction | None = None) -> None:
         """Post ``reply``: split to Discord's limit, the annotated picture attached to the
-        first part, as a reply to the asking message (or as the /ask command's answer)."""
+        first part, as a reply to the asking message (or as the /ask command's answer).
+
+        A reply from the delivery loop (no ``message``/``interaction`` given) raises when
+        Discord does not take every part, so that the core delivers it again; each part
+        carries a nonce of its turn and number, so a part Discord already has is not posted
+        twice (Discord returns the first message instead). A command's immediate reply
+        (``message=``/``interaction=``) is only logged. ``core.sent`` records the first
+        part's id once every part is accepted."""
+        direct = message is not None or interaction is not None
         if reply.job_id is not None:
             interaction = interaction or self.interactions.pop(reply.job_id, None)
             placeholder = self.placeholders.pop(reply.job_id, None)
@@ -228,17 +259,27 @@ class DiscordFrontend(discord.Client):
                     reference = discord.MessageReference(message_id=int(reply.reply_to_message_id),
                                                          channel_id=channel.id, fail_if_not_exists=False)
                 first = await channel.send(chunks[0] or None, files=files, reference=reference,
-                                           mention_author=False)
-                for chunk in chunks[1:]:
-                    await channel.send(chunk)
-        except discord.HTTPException:
-            log.exception("could not post the reply of job %s to channel %s", reply.job_id, reply.chat_id)
-            return
-        if first is not None:
+                                           mention_author=False, nonce=_nonce(reply, 0))
+                for n, chunk in enumerate(chunks[1:], 1):
+                    await channel.send(chunk, nonce=_nonce(reply, n))
+        except discord.HTTPException as exc:
+            log.warning("could not post the reply of job %s to channel %s: %s", reply.job_id, reply.chat_id,
+                        str(exc).replace("\n", " "))
+            if direct:
+                return
+            raise
+        if first is not None:  # every part accepted: the reply is delivered, under its first part's id
             await self.core.sent(reply, str(first.id))
 
     async def _say(self, message: discord.Message, text: str) -> None:
         await _quietly(message.reply(text, mention_author=False))
+
+
+def _nonce(reply: Reply, part: int) -> str | None:
+    """Discord's idempotency key of one part of a delivered reply (25 characters at most:
+    "qvl", a 64-bit job id, ".", a part number below 100): Discord returns the message it
+    already has for a repeated nonce instead of posting it again (for a few minutes)."""
+    return None if reply.job_id is None else f"qvl{reply.job_id}.{part}"
 
 
 async def _followup(interaction: discord.Interaction, text: str, files: list[discord.File]):

@@ -8,6 +8,7 @@ import logging
 
 from bots.core import Core
 from bots.fetch import fetch_image
+from bots.health import Health
 from bots.text import split_message
 from bots.wechat.compat import (
     FileBox,
@@ -43,12 +44,20 @@ class WechatFrontend(Wechaty):
         self.pictures = PictureBuffer(settings.wechat_picture_window_s)
         self.logged_in = asyncio.Event()
         self._delivery: asyncio.Task | None = None
+        self.health = Health(PLATFORM, settings.data_dir)  # `python -m bots.health wechat`
+        self.health.down()  # a mark from before a restart is not this connection's
+        self._said: dict[int, tuple[int, str | None]] = {}  # failed job → (parts said, first's id)
 
     async def on_login(self, contact) -> None:
         log.info("WeChat: logged in as %s", contact.contact_id)
         self.logged_in.set()
+        self.health.up()
         if self._delivery is None or self._delivery.done():
             self._delivery = asyncio.create_task(self._deliver_forever(), name="qvl-wechat-delivery")
+
+    async def on_logout(self, contact) -> None:
+        log.warning("WeChat: logged out (%s)", getattr(contact, "contact_id", contact))
+        self.health.down()  # up again at the first ding after a new login (see _connected)
 
     async def start(self) -> None:
         """Connect and listen until the event stream ends; errors propagate.
@@ -142,25 +151,45 @@ class WechatFrontend(Wechaty):
 
     async def deliver(self, reply: Reply) -> None:
         """Say ``reply``: in rooms @-mentioning the asker, split to WeChat's length, then the
-        annotated picture as an image file."""
+        annotated picture as an image file; ``core.sent`` records the first part's id once
+        every part is said.
+
+        A turn's reply (from the delivery loop) raises when WeChat does not take a part, so
+        that the core delivers it again. WeChat has no idempotency key: the parts this
+        connection already said are skipped then (after a reconnect they are said again).
+        A command's reply (no job) is only logged."""
         in_room = reply.user_id is not None and reply.chat_id != reply.user_id
+        job = reply.job_id
+        parts = [*split_message(reply.text, MAX_CHARS), *reply.images]
+        done, first_id = self._said.get(job, (0, None)) if job is not None else (0, None)
+        said = done
         try:
-            if in_room:
-                target = self.Room.load(reply.chat_id)
-            else:
-                target = self.Contact.load(reply.chat_id)
+            target = self.Room.load(reply.chat_id) if in_room else self.Contact.load(reply.chat_id)
             await target.ready()
-            for n, chunk in enumerate(split_message(reply.text, MAX_CHARS)):
-                if in_room and n == 0:
-                    sent = await target.say(chunk, mention_ids=[reply.user_id])
+            for n, part in enumerate(parts):
+                if n < done:
+                    continue
+                if isinstance(part, str):
+                    if in_room and n == 0:
+                        sent = await target.say(part, mention_ids=[reply.user_id])
+                    else:
+                        sent = await target.say(part)
+                    if n == 0 and sent is not None:
+                        first_id = sent.message_id
                 else:
-                    sent = await target.say(chunk)
-                if n == 0 and sent is not None:
-                    await self.core.sent(reply, sent.message_id)
-            for image in reply.images:
-                await target.say(FileBox.from_base64(base64.b64encode(image.data), name=image.filename))
-        except Exception:
-            log.exception("could not deliver the reply of job %s to %s", reply.job_id, reply.chat_id)
+                    await target.say(FileBox.from_base64(base64.b64encode(part.data), name=part.filename))
+                said = n + 1
+        except Exception as exc:
+            log.warning("could not deliver the reply of job %s to %s (%d of %d parts said): %s", job,
+                        reply.chat_id, said, len(parts), repr(exc).replace("\n", " "))
+            if job is None:
+                return
+            self._said[job] = (said, first_id)
+            raise
+        if job is not None:
+            self._said.pop(job, None)
+        if first_id is not None:
+            await self.core.sent(reply, first_id)
 
 
 def endpoint_and_token(settings: Settings) -> tuple[str, str]:
@@ -221,8 +250,13 @@ async def _connected(bot: WechatFrontend, login_timeout_s: float, check_every_s:
                 await asyncio.wait_for(bot.puppet.ding("qvl"), timeout=5)
             except Exception:
                 break
+            # The puppet service answers, and WeChat is logged in: the puppet's own record, as
+            # python-wechaty calls on_login only once a connection, not after a new login.
+            if getattr(bot.puppet, "login_user_id", None):
+                bot.health.up()
         return True
     finally:
+        bot.health.down()
         await _shut(bot, task)
 
 

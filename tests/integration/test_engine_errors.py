@@ -111,6 +111,7 @@ def ask(settings, msg: IncomingMessage, *, via_stream: bool = False, timeout: fl
                 async with asyncio.timeout(timeout):
                     async for reply in core.replies(PLATFORM, sweep_s=0.3):
                         assert reply.job_id == accepted.job_id
+                        await core.sent(reply)
                         return reply
             assert await _final_state(core, accepted.job_id, timeout) == "failed"
             reply = await core.take_reply(accepted.job_id)

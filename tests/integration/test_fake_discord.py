@@ -143,6 +143,50 @@ async def test_typing_edit_and_fetch(fake_discord: FakeDiscord):
 
 
 @pytest.mark.asyncio
+async def test_a_repeated_nonce_returns_the_first_message_and_posts_nothing(fake_discord: FakeDiscord):
+    """discord.py sends ``enforce_nonce: true`` with a nonce: Discord then answers a second
+    create with the same nonce, author and channel within a few minutes with the first
+    message (200, same id) and creates nothing."""
+    w = fake_discord.world
+    bot = QuickBot()
+    created = _queue_of(bot)
+    async with running(bot):
+        general, random = bot.get_channel(w.general), bot.get_channel(w.random)
+        first = await general.send("the answer", nonce="qvl42.0")
+        assert (await _next(created)).id == first.id
+        again = await general.send("the answer, posted again", nonce="qvl42.0")
+        assert again.id == first.id and again.content == "the answer"  # the first, unchanged
+        assert first.nonce == again.nonce == "qvl42.0"
+        # Another nonce, or the same one in another channel: new messages.
+        other = await general.send("part two", nonce="qvl42.1")
+        elsewhere = await random.send("the answer", nonce="qvl42.0")
+        assert len({first.id, other.id, elsewhere.id}) == 3
+        # Without enforce_nonce a nonce is only echoed (discord.py always enforces it).
+        raw = await bot.http.request(discord.http.Route("POST", "/channels/{channel_id}/messages",
+                                                        channel_id=w.general),
+                                     json={"content": "unenforced", "nonce": "qvl42.0"})
+        assert int(raw["id"]) not in (first.id, other.id)
+        # Remembered for a few minutes only.
+        fake_discord.nonce_window_s = 0.0
+        later = await general.send("much later", nonce="qvl42.1")
+        assert later.id != other.id
+        with pytest.raises(discord.HTTPException, match="25 or fewer"):
+            await general.send("too long a nonce", nonce="q" * 26)
+        fake_discord.nonce_window_s = 300.0
+        await later.delete()  # discord.py: NotFound for the nonce of a message deleted shortly before
+        with pytest.raises(discord.NotFound):
+            await general.send("much later, again", nonce="qvl42.1")
+        echoed = [(await _next(created)).content for _ in range(4)]  # each created message once
+        assert echoed == ["part two", "the answer", "unenforced", "much later"]
+    posts = [c for c in fake_discord.requests if c.method == "POST" and c.path.endswith("/messages")]
+    assert posts[1].body["nonce"] == "qvl42.0" and posts[1].body["enforce_nonce"] is True
+    assert [m.content for m in fake_discord.sent] == [
+        "the answer", "part two", "the answer", "unenforced", "much later"]
+    assert [p["content"] for e, p in fake_discord.dispatched if e == "MESSAGE_CREATE"] == [
+        m.content for m in fake_discord.sent]
+
+
+@pytest.mark.asyncio
 async def test_attachment_bytes_and_image_size(fake_discord: FakeDiscord):
     w = fake_discord.world
     bot = QuickBot()
@@ -252,6 +296,8 @@ async def test_interaction_rules_are_enforced(fake_discord: FakeDiscord):
 
     @bot.tree.command(name="slow", description="Answers after the deadline")
     async def slow(interaction: discord.Interaction):
+        # Kept on purpose: slow work past the deadline (0.2 s, set below) is the behaviour
+        # under test. A sleep never ends early, so this cannot answer in time by chance.
         await asyncio.sleep(0.3)
         try:
             await interaction.response.send_message("late")
@@ -469,3 +515,56 @@ async def test_world_changes_while_connected_reach_the_bot(fake_discord: FakeDis
         assert after.guild_permissions.administrator
         await fake_discord.user_message(cid, carol, "hi from carol")
         await fake_discord.wait_for(lambda: bot.get_channel(cid).last_message_id, what="last id")
+
+
+class _QuietCore:
+    """What the qvl Discord frontend needs of its core when no one asks anything: a delivery
+    loop that waits, and a record of the replies it reports sent."""
+
+    def __init__(self) -> None:
+        self.acked: list[tuple[int | None, str]] = []
+
+    async def serve_replies(self, platform, deliver) -> None:
+        await asyncio.Event().wait()
+
+    async def sent(self, reply, platform_message_id: str) -> None:
+        self.acked.append((reply.job_id, platform_message_id))
+
+
+@pytest.mark.asyncio
+async def test_the_frontend_raises_when_discord_refuses_and_a_retry_posts_each_part_once(
+        fake_discord: FakeDiscord, tmp_path):
+    """The qvl frontend's ``deliver`` against the fake: a refused part raises (the core offers
+    the reply again), and the parts Discord took come back by their nonces, not twice."""
+    from bots.discord.bot import DiscordFrontend
+    from qvl.protocol import Reply
+    from qvl.settings import Settings
+
+    class Frontend(DiscordFrontend):
+        async def before_identify_hook(self, shard_id, *, initial=False):
+            return None
+
+    w = fake_discord.world
+    core = _QuietCore()
+    bot = Frontend(Settings(data_dir=tmp_path), core, guild_ready_timeout=0.1)
+    posts = rf"/channels/{w.general}/messages"
+    async with running(bot):
+        question = await fake_discord.user_message(w.general, w.alice, "tell me everything")
+        reply = Reply(platform="discord", chat_id=str(w.general), text="a " * 1000 + "the end", job_id=7,
+                      reply_to_message_id=question["id"], user_id=str(w.alice))
+        fake_discord.refuse("POST", posts, when=lambda body: body.get("nonce") == "qvl7.1")
+        with pytest.raises(discord.Forbidden):
+            await bot.deliver(reply)  # the first part is posted, the second refused
+        assert core.acked == [] and [m.content[:4] for m in fake_discord.sent] == ["a a "]
+        await bot.deliver(reply)  # offered again: the first part is not posted twice
+        first, second = fake_discord.sent
+        assert first.reply_to == int(question["id"]) and second.content.endswith("the end")
+        assert core.acked == [(7, str(first.id))]
+        # A command's immediate reply (message=) is only logged when Discord refuses it.
+        asked = await bot.get_channel(w.general).fetch_message(int(question["id"]))
+        fake_discord.refuse("POST", posts)
+        await bot.deliver(Reply(platform="discord", chat_id=str(w.general), text="help"), message=asked)
+    nonces = [c.body.get("nonce") for c in fake_discord.requests if c.method == "POST" and c.path == posts]
+    assert nonces[:4] == ["qvl7.0", "qvl7.1", "qvl7.0", "qvl7.1"]
+    assert not nonces[4].startswith("qvl")  # discord.py's own: a random one per call
+    assert len(fake_discord.sent) == 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 import uuid
 from pathlib import Path
 
@@ -57,6 +56,21 @@ async def until_final(core, job_id, timeout=60):
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def replies_until(core, later: Accepted, timeout=30):
+    """Every reply ``core.replies`` hands out before the one of the ``later`` turn: an explicit
+    drain. Replies come out one at a time, the backlog first, in the order the turns
+    finished; so a reply that was still to be handed out for an earlier turn is in this
+    list, and the wait ends on a positive event rather than after a fixed time."""
+    assert isinstance(later, Accepted) and not later.duplicate, later
+    before = []
+    async with asyncio.timeout(timeout):
+        async for reply in core.replies("test", sweep_s=0.3):
+            await core.sent(reply)  # as a frontend does once the platform took it
+            if reply.job_id == later.job_id:
+                return before
+            before.append(reply)
 
 
 def test_picture_and_question_in_reply_out_with_annotated_picture(settings_for, worker_factory):
@@ -140,16 +154,13 @@ def test_same_platform_message_twice_gives_one_turn_and_one_reply(settings_for, 
             delivered = []
             async with asyncio.timeout(30):
                 async for reply in core.replies("test", sweep_s=0.3):
+                    await core.sent(reply)
                     delivered.append(reply)
                     break
-            await asyncio.sleep(1.0)  # anything more would arrive now
-            more = []
-            try:
-                async with asyncio.timeout(1.5):
-                    async for reply in core.replies("test", sweep_s=0.3):
-                        more.append(reply)
-            except TimeoutError:
-                pass
+            # Drained: a later turn, finished after the first one, is handed out after
+            # anything still to come for the first (a second copy would come before it).
+            later = await core.handle(message("and later", user=f"marker-{uuid.uuid4().hex}"))
+            more = await replies_until(core, later)
         finally:
             await core.close()
         return first, again, delivered, more
@@ -175,14 +186,10 @@ def test_reply_finished_while_frontend_is_away_is_delivered_once_on_return(setti
     async def come_back():
         core = Core(settings)  # a new process, as after a restart
         try:
-            got = []
-            try:
-                async with asyncio.timeout(2):
-                    async for reply in core.replies("test", sweep_s=0.5):
-                        got.append(reply)
-            except TimeoutError:
-                pass
-            return got
+            # Drained: the backlog is handed out first, so by the reply to a question asked
+            # now, every reply finished while away has come (no fixed listening time).
+            later = await core.handle(message("back again", user=f"marker-{uuid.uuid4().hex}"))
+            return await replies_until(core, later)
         finally:
             await core.close()
 
@@ -208,15 +215,12 @@ def test_queue_position_while_no_worker_runs(settings_for, worker_factory):
 
     async def drain():
         core = Core(settings)
-        try:
-            return [await core.status(s.job_id) for s in statuses]
+        try:  # each turn's status as it changes, until it is over (TimeoutError if never)
+            return [await until_final(core, s.job_id, 30) for s in statuses]
         finally:
             await core.close()
 
-    deadline = time.monotonic() + 30
-    while any(s.state != "done" for s in run(drain())):
-        assert time.monotonic() < deadline, "queued turns were not picked up"
-        time.sleep(0.3)
+    assert [s.state for s in run(drain())] == ["done", "done", "done"], "queued turns were not picked up"
 
 
 def test_bad_pictures_get_a_short_reply_and_the_worker_keeps_going(settings_for, worker_factory):

@@ -8,7 +8,8 @@ READY, heartbeats, sequence numbers, RESUME and INVALID_SESSION. The fake also k
 Discord's rules that bots trip over: the MESSAGE_CONTENT intent, the 2000-character
 limit, empty messages, the 3-second interaction deadline, one response per
 interaction, follow-ups only after a response, the first follow-up after a deferral
-replacing the "thinking" message.
+replacing the "thinking" message, a repeated message nonce (``enforce_nonce``) within
+a few minutes returning the first message instead of a new one.
 
 Typical use (the ``fake_discord`` fixture starts it and patches discord.py)::
 

@@ -16,6 +16,7 @@ from aiohttp import web
 DISCORD_EPOCH_MS = 1_420_070_400_000
 UPLOAD_LIMIT = 10 * 1024 * 1024  # bytes per file for an unboosted guild
 INTERACTION_DEADLINE = 3.0  # seconds Discord waits for the first interaction response
+NONCE_WINDOW_S = 300.0  # how long a message nonce is remembered ("the past few minutes")
 
 
 class Intent:
@@ -63,7 +64,7 @@ class Permission:
 UNKNOWN_CHANNEL, UNKNOWN_GUILD, UNKNOWN_MEMBER, UNKNOWN_MESSAGE = 10003, 10004, 10007, 10008
 UNKNOWN_USER, UNKNOWN_WEBHOOK, UNKNOWN_INTERACTION, UNKNOWN_COMMAND = 10013, 10015, 10062, 10063
 TOO_LARGE, ALREADY_ACKNOWLEDGED, CANNOT_EDIT_OTHERS = 40005, 40060, 50005
-EMPTY_MESSAGE, INVALID_FORM_BODY = 50006, 50035
+EMPTY_MESSAGE, MISSING_PERMISSIONS, INVALID_FORM_BODY = 50006, 50013, 50035
 
 _USER_MENTION = re.compile(r"<@!?([0-9]{15,20})>")
 _ROLE_MENTION = re.compile(r"<@&([0-9]{15,20})>")

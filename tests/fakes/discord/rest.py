@@ -18,6 +18,7 @@ from .protocol import (
     _USER_MENTION,
     CANNOT_EDIT_OTHERS,
     EMPTY_MESSAGE,
+    MISSING_PERMISSIONS,
     TOO_LARGE,
     UNKNOWN_CHANNEL,
     UNKNOWN_GUILD,
@@ -100,6 +101,9 @@ class RestMixin:
                 continue
             if auth and not self._authorized(request):
                 return _json({"message": "401: Unauthorized", "code": 0}, 401)
+            refused = self._refusal(method, path, body)
+            if refused is not None:
+                return refused
             try:
                 return await getattr(self, handler)(match.groupdict(), request.query, body, uploads)
             except _HTTPError as exc:
@@ -116,6 +120,23 @@ class RestMixin:
         if path_matched:
             return _json({"message": "405: Method Not Allowed", "code": 0}, 405)
         return _json({"message": "404: Not Found", "code": 0}, 404)
+
+    def refuse(self, method: str, path: str, *, times: int = 1, when: Callable[[Any], bool] | None = None,
+               status: int = 403, code: int = MISSING_PERMISSIONS, message: str = "Missing Permissions") -> None:
+        """Answer the next ``times`` requests ``method`` ``path`` (a regular expression over
+        the path below ``/api/v10``) whose body satisfies ``when`` with a Discord error
+        (default: 403 Missing Permissions, as when the bot may not post in a channel), doing
+        nothing else. For 5xx statuses, remember that discord.py retries them."""
+        self._refusals.append({"method": method, "path": re.compile(path + r"\Z"), "times": times,
+                               "when": when, "error": _HTTPError(status, code, message)})
+
+    def _refusal(self, method: str, path: str, body: Any) -> web.Response | None:
+        for refusal in self._refusals:
+            if (refusal["times"] > 0 and refusal["method"] == method and refusal["path"].match(path)
+                    and (refusal["when"] is None or refusal["when"](body))):
+                refusal["times"] -= 1
+                return refusal["error"].response()
+        return None
 
     async def _cdn(self, request: web.Request) -> web.Response:
         self.downloads.append(request.path)
@@ -276,9 +297,12 @@ class RestMixin:
         body = body or {}
         self._check_new_message(body, uploads)
         nonce = body.get("nonce")
-        if nonce is not None and body.get("enforce_nonce"):
-            for earlier in self.messages.values():
-                if earlier.get("nonce") == nonce and earlier["channel_id"] == str(cid):
+        if nonce is not None:
+            if len(str(nonce)) > 25:
+                raise _form_error("nonce", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+            if body.get("enforce_nonce"):
+                earlier = self._nonced(cid, self.bot_id, str(nonce))
+                if earlier is not None:  # the same message again: the first one, nothing new
                     return _json(self._rest(earlier))
         reference, replied = body.get("message_reference"), None
         if reference:
@@ -307,9 +331,21 @@ class RestMixin:
             flags=int(body.get("flags") or 0) & (4 | 4096), embeds=body.get("embeds"),
             components=body.get("components"), nonce=nonce, tts=bool(body.get("tts")),
         )  # fmt: skip
+        if nonce is not None:
+            self._nonces[(cid, self.bot_id, str(nonce))] = (int(msg["id"]), time.monotonic())
         self._record_sent(msg, body, uploads, "channel")
         self._emit("MESSAGE_CREATE", msg)
         return _json(self._rest(msg))
+
+    def _nonced(self, channel_id: int, author_id: int, nonce: str) -> dict | None:
+        """The message ``author_id`` created in the channel with ``nonce`` in the last
+        ``nonce_window_s`` seconds (Discord's ``enforce_nonce``); 404 if it was deleted since."""
+        found = self._nonces.get((channel_id, author_id, nonce))
+        if found is None or time.monotonic() - found[1] > self.nonce_window_s:
+            return None
+        if found[0] not in self.messages:
+            raise _HTTPError(404, UNKNOWN_MESSAGE, "Unknown Message")
+        return self.messages[found[0]]
 
     @_route("GET", rf"/channels/{_C}/messages/{_M}")
     async def _r_get_message(self, params, query, body, uploads):

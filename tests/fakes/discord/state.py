@@ -21,6 +21,7 @@ from aiohttp import web
 from .protocol import (
     DISCORD_EPOCH_MS,
     INTERACTION_DEADLINE,
+    NONCE_WINDOW_S,
     UPLOAD_LIMIT,
     Intent,
     Permission,
@@ -103,6 +104,7 @@ class WorldState:
         self.interaction_deadline = interaction_deadline
         self.privileged_intents = privileged_intents  # what the developer portal allows
         self.upload_limit = UPLOAD_LIMIT
+        self.nonce_window_s = NONCE_WINDOW_S  # a test may shorten it
         self._ids = _Snowflakes()
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -111,6 +113,9 @@ class WorldState:
         self.guilds: dict[int, _Guild] = {}
         self.channels: dict[int, dict] = {}
         self.messages: dict[int, dict] = {}
+        # (channel, author, nonce) → (message id, time.monotonic() when created)
+        self._nonces: dict[tuple[int, int, str], tuple[int, float]] = {}
+        self._refusals: list[dict] = []  # see RestMixin.refuse
         self.commands: dict[int | None, list[dict]] = {}
         self._dms: dict[int, int] = {}
         self._files: dict[str, tuple[bytes, str]] = {}
