@@ -11,6 +11,8 @@ COPY storage storage
 COPY cli cli
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir .
-HEALTHCHECK --interval=30s --timeout=10s \
-  CMD python -c "import os, redis; redis.Redis.from_url(os.environ['REDIS_URL']).ping()" || exit 1
+# Healthy while connected to Discord: the frontend renews a mark under $QVL_DATA_DIR/health/
+# while it is; `python -m bots.health` exits 1 when the mark is missing or older than 120 s.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
+  CMD python -m bots.health discord || exit 1
 CMD ["qvl", "discord"]

@@ -14,6 +14,8 @@ COPY cli cli
 # torch is a dependency of the package; the CPU build keeps this image small.
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir '.[wechat]'
-HEALTHCHECK --interval=30s --timeout=10s \
-  CMD python -c "import os, redis; redis.Redis.from_url(os.environ['REDIS_URL']).ping()" || exit 1
+# Healthy while connected to WeChat: the frontend renews a mark under $QVL_DATA_DIR/health/
+# while it is; `python -m bots.health` exits 1 when the mark is missing or older than 120 s.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s \
+  CMD python -m bots.health wechat || exit 1
 CMD ["qvl", "wechat"]

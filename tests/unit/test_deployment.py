@@ -30,6 +30,89 @@ def test_compose_services_images_healthchecks_and_secrets():
     assert "/.env" in (ROOT / ".gitignore").read_text()
 
 
+ONE_SHOT: frozenset[str] = frozenset()  # services that run once and exit (none yet): no restart, no healthcheck
+
+
+def _dockerfile_instruction(dockerfile: Path, name: str) -> str | None:
+    """The last ``name`` instruction of ``dockerfile`` (continuation lines joined), or None."""
+    found, lines = None, iter(dockerfile.read_text().splitlines())
+    for line in lines:
+        if line.startswith(name + " "):
+            text = line
+            while text.endswith("\\"):
+                text = text[:-1] + " " + next(lines).strip()
+            found = text[len(name) + 1:]
+        elif line.startswith("FROM "):
+            found = None  # a new stage starts with none
+    return found
+
+
+def _healthcheck(service: dict) -> str | None:
+    """The command of the service's healthcheck, in compose or else in its image's Dockerfile."""
+    check = service.get("healthcheck")
+    if check is not None:
+        assert not check.get("disable") and check.get("test") not in (["NONE"], "NONE")
+        test = check["test"]
+        return " ".join(test[1:]) if isinstance(test, list) else test
+    if "build" in service:
+        return _dockerfile_instruction(ROOT / service["build"]["dockerfile"], "HEALTHCHECK")
+    return None
+
+
+def _command(service: dict) -> list[str]:
+    """What the service runs: compose's command, or else its Dockerfile's CMD."""
+    if "command" in service:
+        return service["command"]
+    import json
+
+    return json.loads(_dockerfile_instruction(ROOT / service["build"]["dockerfile"], "CMD"))
+
+
+def test_every_long_running_service_restarts_and_has_a_healthcheck_that_means_something():
+    """Each service checks what it is for: the databases answer, a worker answers a ping
+    through the queue, a frontend is connected to its platform, Flower serves HTTP."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert ONE_SHOT <= set(services)
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            continue
+        assert service.get("restart") == "unless-stopped", f"{name}: restart policy"
+        check = _healthcheck(service)
+        assert check, f"{name} has no healthcheck, in compose or in its Dockerfile"
+        command = " ".join(_command(service)) if "build" in service or "command" in service else ""
+        image = service.get("image", "")
+        if image.startswith("redis:"):
+            assert "redis-cli ping" in check
+        elif image.startswith("postgres:"):
+            assert "pg_isready" in check
+        elif image.startswith("mher/flower:"):
+            port = next(a for a in service["command"] if a.startswith("--port=")).split("=")[1]
+            assert f"localhost:{port}/healthcheck" in check
+        elif command == "qvl worker":
+            # The ping names the node `qvl worker` starts (`-n qvl@<hostname>`) and goes through the broker.
+            assert 'celery -A worker.main inspect ping -d "qvl@$(hostname)"' in check, name
+            assert '"-n", f"qvl@{os.uname().nodename}"' in (ROOT / "cli/service.py").read_text()
+        elif command in ("qvl discord", "qvl wechat"):
+            platform = command.split()[1]
+            assert f"bots.health {platform}" in check, name
+            dockerfile = _dockerfile_instruction(ROOT / service["build"]["dockerfile"], "HEALTHCHECK")
+            assert f"python -m bots.health {platform}" in dockerfile  # also when run without compose
+        else:
+            raise AssertionError(f"{name}: no rule for what its healthcheck should test")
+    assert (ROOT / "worker/main.py").is_file() and "\napp = " in (ROOT / "worker/main.py").read_text()
+    assert (ROOT / "bots/health.py").is_file()
+
+
+def test_redis_persists_the_queue_append_only_on_a_volume():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server" and command[command.index("--appendonly") + 1] == "yes"
+    [volume] = redis["volumes"]
+    name, target = volume.split(":")[:2]
+    assert target == "/data" and name in compose["volumes"]  # a named volume, not the container's layer
+
+
 def _compose_available() -> bool:
     if not shutil.which("docker"):
         return False
