@@ -151,31 +151,43 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from cli.service import prepare, run_worker
-    from qvl.queue import redis_url
+    from qvl.queue import checked_redis_url
     from qvl.settings import Settings
 
     settings = Settings()
+    url = checked_redis_url(settings)  # in seconds, before migrating or loading a model
     prepare(settings)
-    return run_worker(settings, redis_url(settings), concurrency=args.concurrency, pool=args.pool)
+    return run_worker(settings, url, concurrency=args.concurrency, pool=args.pool)
 
 
 def cmd_discord(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bots.discord.bot import run
+    from qvl.queue import checked_redis_url
     from qvl.settings import Settings
 
-    asyncio.run(run(Settings()))
+    settings = Settings()
+    url = checked_redis_url(settings)  # in seconds, naming REDIS_URL, before connecting to Discord
+    from bots.discord.bot import run
+
+    asyncio.run(run(settings, redis_url=url))
     return 0
 
 
 def cmd_wechat(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bots.wechat.bot import run
+    from qvl.queue import checked_redis_url
     from qvl.settings import Settings
 
-    asyncio.run(run(Settings()))
+    settings = Settings()
+    url = checked_redis_url(settings)  # in seconds, naming REDIS_URL, before the puppet service
+    try:
+        from bots.wechat.bot import run
+    except ImportError as exc:
+        raise UserFacingError(f"the WeChat frontend cannot be loaded ({exc}): "
+                              "pip install -e '.[wechat]' (in an environment of its own, see README)") from exc
+    asyncio.run(run(settings, redis_url=url))
     return 0
 
 
@@ -183,19 +195,24 @@ def cmd_chat(args: argparse.Namespace) -> int:
     import asyncio
 
     from bots.terminal import chat
+    from qvl.queue import checked_redis_url
     from qvl.settings import Settings
 
+    settings = Settings()
+    checked_redis_url(settings)  # one line naming REDIS_URL (or `qvl up`) when it cannot be reached
     text = sys.stdin.read() if args.text == "-" else args.text
-    return asyncio.run(chat(Settings(), text=text, images=args.images, reset=args.reset,
+    return asyncio.run(chat(settings, text=text, images=args.images, reset=args.reset,
                             out_dir=args.out_dir, user=args.user, timeout_s=args.timeout))
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from cli.service import database_setting
     from qvl.settings import Settings
     from storage.db import current_revision, upgrade
 
-    url = Settings().resolved_database_url()
-    upgrade(url)
+    settings = Settings()
+    url = settings.resolved_database_url()
+    upgrade(url, setting=database_setting(settings))
     print(f"database at revision {current_revision(url)}")
     return 0
 

@@ -102,6 +102,23 @@ def test_chat_writes_the_annotated_picture(tmp_path, service):
     assert "1 picture(s) in 3 turn(s)" in follow.stdout  # the conversation carried over
 
 
+def test_up_says_what_runs_and_keeps_redis_under_the_data_dir(tmp_path, service):
+    data = tmp_path / "data"
+    proc = service(env_for(data, QVL_ENGINE="echo"))
+    log = (tmp_path / "up.log").read_text(errors="replace")
+    socket = (data / "redis" / "redis.sock").resolve()
+    assert "qvl is up: engine echo (no model)" in log
+    assert f"  database  sqlite:///{data.resolve() / 'qvl.sqlite3'}" in log
+    assert f"  Redis     embedded, unix://{socket} (append-only, files in {socket.parent})" in log
+    assert "  worker    starting here (queue qvl.turns)" in log
+    assert socket.is_socket() and (data / "redis.url").read_text() == f"unix://{socket}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+    # Stopped: the socket and the URL for other commands are gone, the queue's file stays.
+    assert not socket.exists() and not (data / "redis.url").exists()
+    assert (data / "redis" / "appendonly.aof").is_file()
+
+
 def test_chat_without_a_running_service_says_so(tmp_path):
     run = qvl("chat", "--text", "hello", env=env_for(tmp_path / "data"), cwd=tmp_path)
     assert run.returncode == 1 and "qvl up" in run.stderr and "Traceback" not in run.stderr
