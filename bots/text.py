@@ -73,6 +73,10 @@ def _split_code(block: str, limit: int) -> list[str]:
     lines = block.split("\n")
     opener, closer = lines[0], "```"
     body = lines[1:-1] if len(lines) > 1 and _FENCE.match(lines[-1]) else lines[1:]
+    if len(opener) > limit // 4:  # an info string too long to repeat on every chunk: keep it as text
+        fence = _FENCE.match(opener).group(1)
+        rest = opener.strip()[len(fence):]
+        opener, body = fence, [rest.lstrip("`~"), *body] if rest.strip("`~") else body
     room = limit - len(opener) - len(closer) - 2
     chunks, current = [], []
     for line in body:
