@@ -29,18 +29,26 @@ def send_turns(celery: Celery, settings: Settings, job_ids: Iterable[int]) -> No
                          task_id=task_id(job_id))
 
 
-def live_task_ids(redis, settings: Settings) -> tuple[set[str], set[str]]:
-    """Task ids of the turn messages Redis holds: (waiting in the queue, taken by a worker
-    and not yet acknowledged — kombu's ``unacked`` hash). A message popped by a worker
-    that died before recording it, or lost with a Redis that restarted without
-    persistence, is in neither."""
+def live_task_ids(redis, settings: Settings) -> tuple[set[str], dict[str, float]]:
+    """The turn messages Redis holds: task ids waiting in the queue, and task ids taken by
+    a worker and not yet acknowledged with the time they were taken (kombu's ``unacked``
+    hash and ``unacked_index``). A message popped by a worker that died before recording
+    it, or lost with a Redis that restarted without persistence, is in neither."""
     prefix = f"{settings.namespace}:"
     waiting: set[str] = set()
     for key in redis.scan_iter(match=f"{prefix}{settings.queue}*", count=100):
         if redis.type(key) in (b"list", "list"):
             waiting.update(_message_id(raw) for raw in redis.lrange(key, 0, -1))
-    taken = {_message_id(raw, unacked=True) for raw in redis.hvals(f"{prefix}unacked")}
-    return waiting - {""}, taken - {""}
+    since = {_text(tag): at for tag, at in redis.zrange(f"{prefix}unacked_index", 0, -1, withscores=True)}
+    taken = {_message_id(raw, unacked=True): since.get(_text(tag), 0.0)
+             for tag, raw in redis.hgetall(f"{prefix}unacked").items()}
+    waiting.discard("")
+    taken.pop("", None)
+    return waiting, taken
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _message_id(raw: bytes | str, *, unacked: bool = False) -> str:

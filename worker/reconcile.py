@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 import redis as redis_lib
@@ -39,11 +40,20 @@ def reconcile(*, sessions: sessionmaker[Session], redis: redis_lib.Redis, celery
     if not heads:
         return []
     waiting, taken = live_task_ids(redis, settings)
-    # A queued turn is lost when Redis holds no message of it; a running one whose worker
-    # is gone when no copy waits in the queue (the dead worker's own copy stays "taken"
-    # until Redis's visibility timeout).
-    lost = [job.id for job in heads
-            if task_id(job.id) not in waiting and (job.status == JobState.RUNNING or task_id(job.id) not in taken)]
+    # Lost: no copy waits in the queue, and none was taken by a worker that may still be
+    # starting it. A worker starts a turn within moments of taking it, so a copy taken
+    # longer than QVL_WORKER_LOST_S ago of a turn still queued, or any taken copy of a
+    # running turn whose heartbeat stopped, belongs to a dead worker (Redis would hand it
+    # back only after its visibility timeout, QVL_TURN_TIMEOUT_S).
+    recent = time.time() - settings.worker_lost_s
+
+    def lost_one(job) -> bool:
+        tid = task_id(job.id)
+        if tid in waiting:
+            return False
+        return job.status == JobState.RUNNING or taken.get(tid, 0.0) < recent
+
+    lost = [job.id for job in heads if lost_one(job)]
     if lost:
         with sessions() as session:
             repo.mark_dispatched(session=session, job_ids=lost)
