@@ -25,6 +25,7 @@ from storage import repo
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8  # a reply the platform refused this often is given up, with a log line
+BATCH = 8  # replies leased at once by one frontend (one per conversation)
 
 
 class Delivery:
@@ -67,7 +68,8 @@ class Delivery:
     def _claim_backlog(self, platform: str) -> list[Reply]:
         out = []
         with self.sessions() as session:
-            for job in repo.undelivered_jobs(session=session, platform=platform):
+            # A few at a time: each lease runs while the frontend sends those before it.
+            for job in repo.undelivered_jobs(session=session, platform=platform, limit=BATCH):
                 reply = self._lease(session, job)
                 if reply is not None:
                     out.append(reply)
