@@ -178,7 +178,13 @@ def test_embedded_redis_keeps_its_data_when_killed_and_leaves_nothing_in_tmp(tmp
         client.set("turn", "queued")
         client.rpush("qvl.turns", "job-1", "job-2")
         client.close()
-        os.kill(server.pid, signal.SIGKILL)  # no chance to save anything
+        # appendfsync everysec: Redis writes its append-only file within a second or two
+        # (it may postpone a write while an fsync is running); what it wrote must survive.
+        deadline = time.monotonic() + 10
+        while not any(b"job-2" in p.read_bytes() for p in home.rglob("*.aof*") if p.is_file()):
+            assert time.monotonic() < deadline, "Redis never wrote its append-only file"
+            time.sleep(0.05)
+        os.kill(server.pid, signal.SIGKILL)  # no chance to save anything more
         server.process.wait(10)
     finally:
         _stop(server)
