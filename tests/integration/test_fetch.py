@@ -76,7 +76,9 @@ def fetch(url, **kw):
 
 def test_public_address_policy():
     for private in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1",
-                    "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "100.64.0.1", "fc00::1"):
+                    "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "100.64.0.1", "fc00::1",
+                    # IPv6 that carries a private IPv4 (compatible, NAT64, 6to4, Teredo)
+                    "::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::", "2001:0:4136:e378:8000:63bf:80ff:fffe"):
         assert not is_public_address(private), private
     assert is_public_address("8.8.8.8") and is_public_address("2606:4700:4700::1111")
 
