@@ -52,7 +52,14 @@ def create_app(settings: Settings, url: str | None = None, *,
 
     app.steps["worker"].add(reconciler_step(settings, url))  # SQL puts back what the queue lost
 
-    @app.task(name=TASK_NAME, bind=True, max_retries=None)
+    # A stalled turn (a picture or a model that never finishes) cannot hold a worker forever:
+    # at the soft limit the turn is failed with a short message; at the hard limit (prefork
+    # pool) the child is killed and replaced, and the reconciler redoes the turn until
+    # QVL_MAX_ATTEMPTS, then fails it. The solo pool cannot enforce either: there, the
+    # worker's per-picture decode budget (QVL_IMAGE_DECODE_S) bounds the pictures' work.
+    @app.task(name=TASK_NAME, bind=True, max_retries=None,
+              time_limit=settings.turn_time_limit_s,
+              soft_time_limit=max(1, settings.turn_time_limit_s - min(30, settings.turn_time_limit_s // 10)))
     def run_turn(self, job_id: int, v: int = TASK_VERSION) -> str:
         if v != TASK_VERSION:
             log.error("task payload version %s not understood (expected %s); job %s", v, TASK_VERSION, job_id)

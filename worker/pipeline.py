@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import redis as redis_lib
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from qvl import events
@@ -43,7 +44,9 @@ class Runtime:
         self.celery = make_celery(settings, redis_url)  # sends a conversation's next turn
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
-        self.limits = Limits(settings.image_max_bytes, settings.image_max_pixels)
+        self.limits = Limits(settings.image_max_bytes, settings.image_max_pixels,
+                             max_aspect=settings.image_max_aspect, max_scans=settings.image_max_scans,
+                             decode_s=settings.image_decode_s)
         self.engine_label = f"{engine_and_family(settings)[0]}:{settings.model}"[:64]
 
     @property
@@ -175,6 +178,11 @@ def _stored(message) -> StoredTurn:
 
 
 def _decode_all(blobs: dict, *, current: tuple[str, ...], limits: Limits) -> dict[str, Image.Image]:
+    """The pictures of the context, decoded. A bad picture of this turn fails the turn with
+    its message; a bad one from history is left out (a turn whose picture failed is itself
+    left out of later contexts: ``repo.context_messages`` skips failed turns). Running out of
+    the turn's time (Celery's soft limit) while decoding fails the turn with a short message.
+    """
     images = {}
     for sha, blob in blobs.items():
         if blob is None:
@@ -185,6 +193,9 @@ def _decode_all(blobs: dict, *, current: tuple[str, ...], limits: Limits) -> dic
             if sha in current:
                 raise  # the picture of this very turn: tell the user
             log.warning("skipping unreadable picture %s from history", sha[:12])
+        except SoftTimeLimitExceeded as exc:
+            log.warning("turn out of time while decoding picture %s", sha[:12])
+            raise BadImage.of("picture_too_slow", s=f"{limits.decode_s:g}") from exc
     return images
 
 

@@ -213,13 +213,16 @@ class TransformersEngine(Engine):
         return len(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     def image_tokens(self, width: int, height: int) -> int:
-        """Tokens one ``width``×``height`` picture costs: its pads plus vision start/end."""
+        """Tokens one ``width``×``height`` picture costs: its pads plus vision start/end.
+        Raises :class:`EngineError` for a picture too long and thin for the processor."""
+        _check_aspect(width, height)
         patches = self.processor.image_processor.get_number_of_image_patches(height, width, {})
         return patches // self.processor.image_processor.merge_size**2 + 2
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) the processor resizes a picture to; Qwen2.5-VL's absolute
         boxes are in these pixels. Raises :class:`EngineError` for extreme aspect ratios."""
+        _check_aspect(width, height)
         processor = self.processor.image_processor
         try:
             resized_height, resized_width = smart_resize(
@@ -232,6 +235,16 @@ class TransformersEngine(Engine):
         except ValueError as exc:
             raise EngineError.of("model_cannot_read_picture", detail=one_line(exc)) from exc
         return resized_width, resized_height
+
+
+MAX_ASPECT = 200  # smart_resize's MAX_RATIO: "absolute aspect ratio must be smaller than 200"
+
+
+def _check_aspect(width: int, height: int) -> None:
+    """Refuse, in the user's words, a picture Qwen2-VL's processor cannot resize (the door
+    refuses these too: QVL_IMAGE_MAX_ASPECT)."""
+    if min(width, height) <= 0 or max(width, height) / min(width, height) > MAX_ASPECT:
+        raise EngineError.of("picture_aspect", width=width, height=height, ratio=MAX_ASPECT)
 
 
 class _IdStreamer(BaseStreamer):
