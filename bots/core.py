@@ -8,13 +8,12 @@ what :meth:`Core.replies` yields. It never touches SQL, Redis or Celery itself.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import redis.asyncio as aioredis
-from PIL import Image, UnidentifiedImageError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,12 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from bots.access import Policy, allowed, is_admin, policy_for
 from bots.commands import argument_of, command_of
 from bots.delivery import Delivery
+from bots.pictures import inspect as inspect_pictures
 from bots.ratelimit import RateLimiter
 from bots.scope import may_join, scope_key
 from qvl import events
 from qvl.dispatch import send_turns
 from qvl.errors import UserFacingError
-from qvl.messages import say
+from qvl.messages import language_of, say
 from qvl.protocol import (
     FINAL_STATES,
     Accepted,
@@ -48,6 +48,9 @@ from storage.db import make_engine, make_sessionmaker
 from storage.models import Conversation
 
 log = logging.getLogger(__name__)
+
+DUPLICATE = "duplicate"  # the key of the Reply to an event already answered: adapters send nothing
+SEEN_TTL_S = 24 * 3600  # how long an event answered at once is remembered (turns: for good, in SQL)
 
 class Core:
     """Persist turns, queue them, report where they stand, hand back finished replies."""
@@ -94,43 +97,63 @@ class Core:
         (from where it was written and the space's settings), answer commands at once,
         queue a turn.
 
-        A platform event delivered twice returns the first turn's job, marked
-        ``duplicate``, and queues nothing. A message in a place the bot does not serve
+        The text is normalised first (:func:`clean_text`); a text longer than
+        ``QVL_TEXT_MAX_CHARS`` is refused. Every platform event is answered once: a turn
+        delivered twice returns the first turn's job, marked ``duplicate``, and queues
+        nothing; a command or refusal delivered twice returns a Reply with
+        ``key="duplicate"`` (and no text) the second time, which adapters do not send.
+        A message in a place the bot does not serve
         gets a Reply with ``key="not_allowed"``, which a frontend may keep quiet about.
         ``pictures``, when given, downloads the message's pictures (attachments, links):
         it is called only for a message the bot serves. Its ``UserFacingError`` propagates.
         """
+        msg = _normalised(msg)
+        if await self._seen(msg):  # a redelivered event that was answered at once: answered once
+            return self._duplicate(msg)
+        if len(msg.text) > self.settings.text_max_chars:
+            log.info("refused a %d-character message from %s/%s", len(msg.text), msg.platform, msg.user_id)
+            language = msg.language or language_of(msg.text)
+            return await self._once(msg, say("text_too_long", language, n=len(msg.text),
+                                             limit=self.settings.text_max_chars), key="text_too_long")
         command = command_of(msg.text)
         if command == "help":
-            return self._reply_to(msg, say("help", msg.language), key="help")
+            return await self._once(msg, say("help", msg.language), key="help", error=False)
         config, scope, known = await asyncio.to_thread(self._resolve, msg)
-        if not allowed(self.policy(msg.platform), config, msg.where):
-            log.info("not serving %s/%s in %s: not allowed", msg.platform, msg.user_id, msg.chat_id)
-            return self._reply_to(msg, say("not_allowed", msg.language), error=True, key="not_allowed")
-        if command == "reset":
-            await asyncio.to_thread(self._reset, msg.platform, scope)
-            return self._reply_to(msg, say("reset", msg.language), key="reset")
-        if command == "scope":
-            return await self.configure(msg, scope=argument_of(msg.text) or "?")
-        if pictures is not None:
-            msg = replace(msg, images=(*msg.images, *await pictures()))
-        if not msg.text.strip() and not msg.images:
-            return self._reply_to(msg, say("empty", msg.language), error=True, key="empty")
-        if len(msg.images) > self.settings.images_per_message:
-            return self._reply_to(msg, say("too_many_images", msg.language,
-                                           n=self.settings.images_per_message), error=True, key="too_many_images")
         if known is not None:  # a redelivered event: answered once, not counted twice
             await asyncio.to_thread(self._resend_if_waiting, known)
             return Accepted(job_id=known, duplicate=True)
+        if not allowed(self.policy(msg.platform), config, msg.where):
+            log.info("not serving %s/%s in %s: not allowed", msg.platform, msg.user_id, msg.chat_id)
+            return await self._once(msg, say("not_allowed", msg.language), key="not_allowed")
+        if command == "reset":
+            if not await self._mark_seen(msg):
+                return self._duplicate(msg)
+            await asyncio.to_thread(self._reset, msg.platform, scope)
+            return self._reply_to(msg, say("reset", msg.language), key="reset")
+        if command == "scope":
+            if not await self._mark_seen(msg):
+                return self._duplicate(msg)
+            return await self.configure(msg, scope=argument_of(msg.text) or "?")
+        if pictures is not None:
+            try:
+                msg = replace(msg, images=(*msg.images, *await pictures()))
+            except UserFacingError:  # the adapter says why: once
+                if not await self._mark_seen(msg):
+                    return self._duplicate(msg)
+                raise
+        if not msg.text.strip() and not msg.images:
+            return await self._once(msg, say("empty", msg.language), key="empty")
+        if len(msg.images) > self.settings.images_per_message:
+            return await self._once(msg, say("too_many_images", msg.language, n=self.settings.images_per_message),
+                                    key="too_many_images")
         wait = await self.limiter.hit(msg.platform, msg.user_id)
         if wait is not None:
             log.info("rate limit: %s/%s must wait %ss", msg.platform, msg.user_id, wait)
-            return self._reply_to(msg, say("rate_limited", msg.language, s=wait), error=True, key="rate_limited")
-        sniffed, problem = _inspect_images(msg.images, self.settings.image_max_bytes)
+            return await self._once(msg, say("rate_limited", msg.language, s=wait), key="rate_limited")
+        sniffed, problem, values = inspect_pictures(msg.images, self.settings)
         if problem:
-            log.info("refused a picture from %s/%s: %s", msg.platform, msg.user_id, problem)
-            return self._reply_to(msg, say(problem, msg.language,
-                                           mb=self.settings.image_max_bytes // 1_048_576), error=True, key=problem)
+            log.info("refused a picture from %s/%s: %s %s", msg.platform, msg.user_id, problem, values)
+            return await self._once(msg, say(problem, msg.language, **values), key=problem)
         job_id, created = await asyncio.to_thread(self._persist, msg, scope, sniffed)
         if created:
             try:
@@ -138,6 +161,42 @@ class Core:
             except Exception as exc:  # committed in SQL: the workers' reconciler sends it later
                 log.warning("could not queue job %s now (%s); it stays pending in SQL", job_id, exc)
         return Accepted(job_id=job_id, duplicate=not created)
+
+    # --- each platform event answered once ------------------------------------------
+    #
+    # A turn is recorded in SQL under its platform event, for good: a redelivered turn is
+    # found there (``_resolve``). An event answered at once (a command, a refusal) leaves
+    # only a short-lived mark in Redis, set before its reply is made: a redelivery within
+    # ``SEEN_TTL_S`` gets a Reply with ``key="duplicate"``, which adapters do not send.
+
+    def _seen_key(self, msg: IncomingMessage) -> str:
+        return f"{self.settings.namespace}:seen:{msg.platform}:{msg.message_id}"
+
+    async def _seen(self, msg: IncomingMessage) -> bool:
+        """Whether ``msg``'s event was answered at once before (within ``SEEN_TTL_S``)."""
+        try:
+            return bool(await self.redis.exists(self._seen_key(msg)))
+        except RedisError as exc:  # without Redis the event is answered (perhaps twice)
+            log.warning("could not check whether %s/%s was seen (%s)", msg.platform, msg.message_id, exc)
+            return False
+
+    async def _mark_seen(self, msg: IncomingMessage) -> bool:
+        """Mark ``msg``'s event answered; False when another delivery of it got there first."""
+        try:
+            return bool(await self.redis.set(self._seen_key(msg), b"1", nx=True, ex=SEEN_TTL_S))
+        except RedisError as exc:
+            log.warning("could not mark %s/%s as seen (%s)", msg.platform, msg.message_id, exc)
+            return True
+
+    async def _once(self, msg: IncomingMessage, text: str, *, key: str, error: bool = True) -> Reply:
+        """The immediate reply ``text`` to ``msg``, or a duplicate if its event was answered."""
+        if not await self._mark_seen(msg):
+            return self._duplicate(msg)
+        return self._reply_to(msg, text, error=error, key=key)
+
+    def _duplicate(self, msg: IncomingMessage) -> Reply:
+        log.info("%s event %s was delivered again: already answered", msg.platform, msg.message_id)
+        return self._reply_to(msg, "", key=DUPLICATE)
 
     def policy(self, platform: str) -> Policy:
         """The operator's access lists for ``platform``."""
@@ -347,26 +406,14 @@ class Core:
         await self.delivery.ack(reply, platform_message_id)
 
 
-def _inspect_images(images: tuple[bytes, ...], max_bytes: int) -> tuple[list[tuple[str, int, int]], str | None]:
-    """(MIME type, width, height) of each picture from its header, and the message key of
-    the first problem one has on its face (None if none has)."""
-    sniffed = []
-    for data in images:
-        if len(data) > max_bytes:
-            return sniffed, "image_too_large"
-        found = _sniff(data)
-        if found is None:
-            return sniffed, "not_an_image"
-        sniffed.append(found)
-    return sniffed, None
+def clean_text(text: str) -> str:
+    """``text`` as every later step can take it: a surrogate pair written as two code points
+    joined, a lone surrogate (from broken UTF-8 or a hostile client) replaced by U+FFFD,
+    NULs dropped, NFC composed. Never raises, and the result always encodes as UTF-8."""
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return unicodedata.normalize("NFC", joined.replace("\x00", ""))
 
 
-def _sniff(data: bytes) -> tuple[str, int, int] | None:
-    """MIME type and size from the header alone (the worker decodes, and rejects, for real)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width <= 0 or image.height <= 0:
-                return None
-            return Image.MIME.get(image.format or "", "application/octet-stream"), image.width, image.height
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+def _normalised(msg: IncomingMessage) -> IncomingMessage:
+    name = clean_text(msg.user_name) if msg.user_name else msg.user_name
+    return replace(msg, text=clean_text(msg.text), user_name=name)

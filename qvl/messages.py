@@ -49,6 +49,9 @@ MESSAGES: dict[str, dict[str, str]] = {
     "scope_user": {"en": "user (each person their own conversation)", "zh": "个人（每人独立对话）"},
     "scope_shared": {"en": "shared (one conversation for everyone here)", "zh": "共享（全群共享对话）"},
     "scope_thread": {"en": "thread (one conversation per thread)", "zh": "话题（每个话题一个对话）"},
+    "text_too_long": {"en": "That message is too long ({n} characters; the limit is {limit}). "
+                            "Please send a shorter one.",
+                      "zh": "消息太长了（{n} 个字符，上限 {limit} 个），请发短一点。"},
     "queued": {"en": "⏳ Queued: {ahead} question(s) ahead of yours.", "zh": "⏳ 排队中：前面还有 {ahead} 个问题。"},
     # links (bots/fetch.py)
     "link_status": {"en": "That link answered {status}; I could not get the picture.",
@@ -73,6 +76,26 @@ MESSAGES: dict[str, dict[str, str]] = {
     "picture_unreadable": {"en": "That file is not a picture I can read.", "zh": "无法识别这个文件的图片格式。"},
     "picture_damaged": {"en": "That picture seems to be damaged.", "zh": "图片似乎已损坏。"},
     "picture_unread": {"en": "I could not read that picture.", "zh": "无法读取这张图片。"},
+    # pictures refused at the door (bots/pictures.py) or by the worker (worker/images.py)
+    "picture_format": {"en": "That file is not a picture I can read: I accept {formats} only.",
+                       "zh": "无法识别这个文件：只接受 {formats} 格式的图片。"},
+    "picture_too_big_pixels": {"en": "That picture is too large: {width}×{height} pixels "
+                                     "(the limit is {mp} million pixels).",
+                               "zh": "图片太大：{width}×{height} 像素（上限 {mp} 百万像素）。"},
+    "picture_aspect": {"en": "That picture is too long and thin ({width}×{height}): its long side may be "
+                             "at most {ratio} times its short side. Please crop it.",
+                       "zh": "图片太细长了（{width}×{height}）：长边最多是短边的 {ratio} 倍，请裁剪后再发。"},
+    "picture_too_many_scans": {"en": "That JPEG is made of too many progressive scans ({scans}; the limit is "
+                                     "{limit}) to decode safely. Please save it as an ordinary JPEG or PNG.",
+                               "zh": "这张 JPEG 的渐进扫描次数过多（{scans} 次，上限 {limit} 次），无法安全解码。"
+                                     "请另存为普通 JPEG 或 PNG 后再发。"},
+    "picture_metadata_too_large": {"en": "That picture carries too much embedded text (metadata over {kb} KB) "
+                                         "to open safely. Please save it without metadata.",
+                                   "zh": "图片内嵌的文字信息过多（元数据超过 {kb} KB），无法安全打开。"
+                                         "请去掉元数据后再发。"},
+    "picture_too_slow": {"en": "That picture took too long to decode (over {s} s), so I stopped. "
+                               "Please send a simpler picture.",
+                         "zh": "这张图片解码太慢（超过 {s} 秒），已停止处理。请换一张简单些的图片。"},
     # engines
     "server_refused": {"en": "The model server refused this request: {detail}",
                        "zh": "模型服务拒绝了这个请求：{detail}"},

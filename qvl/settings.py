@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(20 * 1024 * 1024, description="largest picture accepted, in bytes")
     image_max_pixels: int = Field(50_000_000, description="largest picture accepted, in pixels")
     images_per_message: int = Field(8, ge=1, description="pictures accepted in one message")
+    image_max_aspect: float = Field(200.0, gt=1, description="longest side over shortest side a picture may have "
+                                                             "(Qwen2-VL's processor refuses over 200)")
+    image_max_scans: int = Field(100, ge=1, description="most JPEG scans (SOS markers) a picture may have: "
+                                                       "bounds a progressive JPEG's decoding work")
+    image_decode_s: float = Field(30.0, gt=0, description="longest time the worker spends decoding one picture")
+    turn_time_limit_s: int = Field(600, ge=1, description="hard time limit of one turn in a worker (prefork pool: "
+                                                          "the stalled child is killed and replaced)")
+    text_max_chars: int = Field(8000, ge=1, description="longest message text accepted, in characters "
+                                                       "(a longer one is refused at the door)")
 
     rate_limit_turns: int = Field(10, ge=0, description="turns one user may start per window (0: no limit)")
     rate_limit_window_s: int = Field(60, ge=1, description="the rate limit's window, in seconds")

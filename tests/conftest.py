@@ -17,5 +17,5 @@ from tests.fixtures.services import *  # noqa: F403
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.path.name.startswith("test_") and "wechat" in item.path.name:
+        if (item.path.name.startswith("test_") and "wechat" in item.path.name) or "wechat" in item.name:
             item.add_marker(pytest.mark.wechat)

@@ -9,7 +9,7 @@ import logging
 import discord
 from discord import app_commands
 
-from bots.core import Core
+from bots.core import DUPLICATE, Core
 from bots.discord import translate
 from bots.discord.slash import SlashCommands
 from bots.discord.translate import PLATFORM
@@ -32,6 +32,9 @@ class DiscordFrontend(discord.Client):
     def __init__(self, settings: Settings, core: Core, **options):
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: enable it in the developer portal
+        # Nobody is pinged unless a call allows it (each reply allows the asker alone):
+        # an answer that echoes "@everyone" or "<@id>" must not notify anyone.
+        options.setdefault("allowed_mentions", _mentions(None))
         super().__init__(intents=intents, **options)
         self.settings, self.core = settings, core
         self.tree = app_commands.CommandTree(self)
@@ -154,8 +157,8 @@ class DiscordFrontend(discord.Client):
         A refusal for a place the bot does not serve is posted only to a slash command."""
         result = await self.core.handle(turn, pictures=pictures)
         if isinstance(result, Reply):
-            if result.key == "not_allowed" and interaction is None:
-                return
+            if result.key == DUPLICATE or (result.key == "not_allowed" and interaction is None):
+                return  # an event answered before, or a place the bot keeps quiet in
             await self.deliver(result, message=message, interaction=interaction)
             return
         if result.duplicate:  # a redelivered event: the first one is being answered
@@ -163,7 +166,7 @@ class DiscordFrontend(discord.Client):
         if interaction is not None:
             self.interactions[result.job_id] = interaction
         channel = message.channel if message else interaction.channel
-        task = asyncio.create_task(self._feedback(channel, message, result, turn.language))
+        task = asyncio.create_task(self._feedback(channel, message, result, turn.language, turn.user_id))
         self._feedbacks.add(task)
         task.add_done_callback(self._feedbacks.discard)
 
@@ -185,7 +188,7 @@ class DiscordFrontend(discord.Client):
     # --- while the user waits -------------------------------------------------------
 
     async def _feedback(self, channel: discord.abc.Messageable, message: discord.Message | None,
-                        accepted: Accepted, language: str | None) -> None:
+                        accepted: Accepted, language: str | None, user_id: str | None = None) -> None:
         """Typing while the turn waits or runs; the queue position when the wait is long;
         the answer as it is written, if streaming is on (an edit at most once a second)."""
         job = accepted.job_id
@@ -205,19 +208,21 @@ class DiscordFrontend(discord.Client):
                     else:
                         continue
                     if text != shown and loop.time() - last_edit >= 1.0:
-                        await self._placeholder(job, channel, message, text)
+                        await self._placeholder(job, channel, message, text, user_id)
                         shown, last_edit = text, loop.time()
         except discord.HTTPException:
             log.warning("feedback for job %s failed", job, exc_info=True)
 
-    async def _placeholder(self, job: int, channel, message: discord.Message | None, text: str) -> None:
+    async def _placeholder(self, job: int, channel, message: discord.Message | None, text: str,
+                           user_id: str | None = None) -> None:
         existing = self.placeholders.get(job)
+        mentions = _mentions(user_id)
         if existing is not None:
-            await existing.edit(content=text)
+            await existing.edit(content=text, allowed_mentions=mentions)
         elif message is not None:
-            self.placeholders[job] = await message.reply(text, mention_author=False)
+            self.placeholders[job] = await message.reply(text, mention_author=False, allowed_mentions=mentions)
         else:
-            self.placeholders[job] = await channel.send(text)
+            self.placeholders[job] = await channel.send(text, allowed_mentions=mentions)
 
     # --- replies --------------------------------------------------------------------
 
@@ -245,11 +250,12 @@ class DiscordFrontend(discord.Client):
                 await _quietly(placeholder.delete())
         chunks = split_message(reply.text, LIMIT) or [""]
         files = [discord.File(io.BytesIO(img.data), filename=img.filename) for img in reply.images]
+        mentions = _mentions(reply.user_id)  # the asker alone: never @everyone, a role or another user
         try:
             if interaction is not None:
-                first = await _followup(interaction, chunks[0], files)
+                first = await _followup(interaction, chunks[0], files, mentions)
                 for chunk in chunks[1:]:
-                    await interaction.followup.send(chunk)
+                    await interaction.followup.send(chunk, allowed_mentions=mentions)
             else:
                 channel = self.get_channel(int(reply.chat_id)) or await self.fetch_channel(int(reply.chat_id))
                 reference = None
@@ -259,9 +265,9 @@ class DiscordFrontend(discord.Client):
                     reference = discord.MessageReference(message_id=int(reply.reply_to_message_id),
                                                          channel_id=channel.id, fail_if_not_exists=False)
                 first = await channel.send(chunks[0] or None, files=files, reference=reference,
-                                           mention_author=False, nonce=_nonce(reply, 0))
+                                           mention_author=False, nonce=_nonce(reply, 0), allowed_mentions=mentions)
                 for n, chunk in enumerate(chunks[1:], 1):
-                    await channel.send(chunk, nonce=_nonce(reply, n))
+                    await channel.send(chunk, nonce=_nonce(reply, n), allowed_mentions=mentions)
         except discord.HTTPException as exc:
             log.warning("could not post the reply of job %s to channel %s: %s", reply.job_id, reply.chat_id,
                         str(exc).replace("\n", " "))
@@ -272,7 +278,7 @@ class DiscordFrontend(discord.Client):
             await self.core.sent(reply, str(first.id))
 
     async def _say(self, message: discord.Message, text: str) -> None:
-        await _quietly(message.reply(text, mention_author=False))
+        await _quietly(message.reply(text, mention_author=False, allowed_mentions=_mentions(message.author.id)))
 
 
 def _nonce(reply: Reply, part: int) -> str | None:
@@ -282,11 +288,19 @@ def _nonce(reply: Reply, part: int) -> str | None:
     return None if reply.job_id is None else f"qvl{reply.job_id}.{part}"
 
 
-async def _followup(interaction: discord.Interaction, text: str, files: list[discord.File]):
+def _mentions(user_id: str | int | None) -> discord.AllowedMentions:
+    """Whom a message may ping: the asker ``user_id`` at most (when the text names them);
+    never @everyone, @here, a role, another user or the author of the replied-to message."""
+    users = [discord.Object(int(user_id))] if user_id is not None and str(user_id).isdigit() else False
+    return discord.AllowedMentions(everyone=False, roles=False, users=users, replied_user=False)
+
+
+async def _followup(interaction: discord.Interaction, text: str, files: list[discord.File],
+                    mentions: discord.AllowedMentions):
     if not interaction.response.is_done():
-        await interaction.response.send_message(text or None, files=files)
+        await interaction.response.send_message(text or None, files=files, allowed_mentions=mentions)
         return await interaction.original_response()
-    return await interaction.followup.send(text or None, files=files, wait=True)
+    return await interaction.followup.send(text or None, files=files, wait=True, allowed_mentions=mentions)
 
 
 async def _typing_once(channel: discord.abc.Messageable) -> None:

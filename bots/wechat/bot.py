@@ -6,7 +6,7 @@ import asyncio
 import base64
 import logging
 
-from bots.core import Core
+from bots.core import DUPLICATE, Core
 from bots.fetch import fetch_image
 from bots.health import Health
 from bots.text import split_message
@@ -119,7 +119,7 @@ class WechatFrontend(Wechaty):
         turn = incoming(room_id=room_id, user_id=user, user_name=talker.name, message_id=msg.message_id,
                         text=text, images=images)
         result = await self.core.handle(turn)
-        if isinstance(result, Reply) and result.key != "not_allowed":
+        if isinstance(result, Reply) and result.key not in ("not_allowed", DUPLICATE):
             await self.deliver(result)
 
     async def _image_bytes(self, msg: Message) -> bytes:
