@@ -118,7 +118,8 @@ def _end(rt: Runtime, conversation_id: int, state: str) -> str:
 
 
 class _Heartbeat:
-    """Touches the job's heartbeat every ``heartbeat_s`` from a thread while the turn runs."""
+    """Touches the job's heartbeat every ``heartbeat_s`` from a thread while the turn runs,
+    up to the turn's time limit (``QVL_TURN_TIME_LIMIT_S``)."""
 
     def __init__(self, rt: Runtime, job_id: int):
         self.rt, self.job_id = rt, job_id
@@ -134,7 +135,15 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
     def _beat(self) -> None:
+        # Past the turn's time limit the heartbeat stops, on every pool: a turn stalled
+        # where Celery cannot stop it (the solo pool) is then redone by another worker, and
+        # fails for good after QVL_MAX_ATTEMPTS, instead of holding its conversation forever.
+        deadline = time.monotonic() + self.rt.settings.turn_time_limit_s
         while not self._stop.wait(self.rt.settings.heartbeat_s):
+            if time.monotonic() > deadline:
+                log.error("job %s is past its time limit (%ss); no longer claiming it",
+                          self.job_id, self.rt.settings.turn_time_limit_s)
+                return
             try:
                 with self.rt.sessions() as session:
                     repo.heartbeat(session=session, job_id=self.job_id)

@@ -291,3 +291,31 @@ def test_the_transformers_engine_refuses_a_strip_in_the_users_words():
         engine._check_aspect(1, 50_000)
     assert caught.value.message == say("picture_aspect", "en", width=1, height=50_000, ratio=200)
     engine._check_aspect(10, 2000)
+
+
+def test_a_stalled_turn_stops_claiming_its_job_after_the_time_limit(monkeypatch):
+    """On the solo pool Celery cannot stop a stalled turn: its heartbeat stops instead, so
+    another worker redoes the turn (and QVL_MAX_ATTEMPTS bounds how often)."""
+    from types import SimpleNamespace
+
+    import storage.repo
+    from worker.pipeline import _Heartbeat
+
+    beats = []
+    monkeypatch.setattr(storage.repo, "heartbeat", lambda **kw: beats.append(kw["job_id"]))
+
+    class Session:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def commit(self):
+            pass
+
+    rt = SimpleNamespace(settings=SimpleNamespace(heartbeat_s=0.01, turn_time_limit_s=0.1), sessions=Session)
+    with _Heartbeat(rt, 7) as beat:
+        beat._thread.join(timeout=5)  # ends by itself while the turn still "runs"
+        assert not beat._thread.is_alive()
+    assert 0 < len(beats) < 50 and set(beats) == {7}
