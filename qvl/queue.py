@@ -10,7 +10,6 @@ import ctypes
 import hashlib
 import logging
 import os
-import re
 import signal
 import subprocess
 import time
@@ -21,6 +20,7 @@ from celery import Celery
 
 from qvl.errors import UserFacingError
 from qvl.settings import Settings
+from qvl.urls import REDIS_SCHEMES, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ def checked_redis_url(settings: Settings, *, timeout_s: float = 3.0) -> str:
     return url
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def validate_redis_url(url: str, *, setting: str = "REDIS_URL") -> None:
@@ -121,32 +120,6 @@ def _redis_failure(exc: BaseException) -> str:
     if "NOAUTH" in text or ("AUTH" in text.upper() and "password" in text.lower()):
         return "it wants a password"
     return text[:200]
-
-
-def redact_url(url: str) -> str:
-    """``url`` fit for a message or a log line: its password (and any ``password=``
-    parameter) replaced by ``***``. A user name alone is kept, except in a Redis URL,
-    where ``redis://SECRET@host`` is how people often (mis)write the password."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is None or not parts.scheme or "://" not in url:
-        # Not a URL we can take apart: hide whatever precedes an '@'.
-        return re.sub(r"^([^@]*?://)?[^@]*@", lambda m: f"{m.group(1) or ''}***@", url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, colon, _ = userinfo.partition(":")
-        if colon:
-            userinfo = f"{user}:***"
-        elif parts.scheme in REDIS_SCHEMES:
-            userinfo = "***"
-        netloc = f"{userinfo}@{host}"
-    head = f"{parts.scheme}://"
-    rest = url[len(head) + len(parts.netloc):] if url.lower().startswith(head) else url.split("://", 1)[1]
-    rest = re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&#]*", r"\1***", rest)
-    return f"{url[:len(head)]}{netloc}{rest}"
 
 
 def embedded_marker(settings: Settings) -> Path:

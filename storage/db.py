@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -13,6 +11,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qvl.errors import UserFacingError
+from qvl.urls import redact_url as redact_database_url  # a user name alone is kept
 
 _HERE = Path(__file__).resolve().parent
 ALEMBIC_INI = _HERE / "alembic.ini"
@@ -220,23 +219,3 @@ def _why(exc: DBAPIError) -> str:
         text = text.split("FATAL:", 1)[1]
     first = text.strip().splitlines()[0] if text.strip() else type(exc.orig or exc).__name__
     return first.strip()[:200]
-
-
-def redact_database_url(url: str) -> str:
-    """``url`` with its password (and any ``password=`` parameter) shown as ``***``;
-    a user name alone is kept. What is not a URL loses everything before its last '@'."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is None or not parts.scheme or "://" not in url:
-        return re.sub(r"^([^@]*?://)?[^@]*@", lambda m: f"{m.group(1) or ''}***@", url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"{userinfo}@{host}"
-    head = f"{parts.scheme}://"
-    rest = url[len(head) + len(parts.netloc):] if url.lower().startswith(head) else url.split("://", 1)[1]
-    rest = re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&#]*", r"\1***", rest)
-    return f"{url[:len(head)]}{netloc}{rest}"
