@@ -154,10 +154,10 @@ class Core:
         if problem:
             log.info("refused a picture from %s/%s: %s %s", msg.platform, msg.user_id, problem, values)
             return await self._once(msg, say(problem, msg.language, **values), key=problem)
-        job_id, created = await asyncio.to_thread(self._persist, msg, scope, sniffed)
-        if created:
+        job_id, created, due = await asyncio.to_thread(self._persist, msg, scope, sniffed)
+        if due:
             try:
-                await asyncio.to_thread(self._enqueue, job_id)
+                await asyncio.to_thread(send_turns, self.celery, self.settings, [job_id])
             except Exception as exc:  # committed in SQL: the workers' reconciler sends it later
                 log.warning("could not queue job %s now (%s); it stays pending in SQL", job_id, exc)
         return Accepted(job_id=job_id, duplicate=not created)
@@ -237,7 +237,9 @@ class Core:
             session.commit()
 
     def _persist(self, msg: IncomingMessage, scope: str,
-                 sniffed: list[tuple[str, int, int]]) -> tuple[int, bool]:
+                 sniffed: list[tuple[str, int, int]]) -> tuple[int, bool, bool]:
+        """Store the turn; return (job id, whether it is new, whether to send it now: a new
+        turn that is its conversation's next, recorded as sent in the same transaction)."""
         parts: list[Part] = []
         with self.sessions() as session:
             for data, (mime, width, height) in zip(msg.images, sniffed, strict=True):
@@ -251,8 +253,11 @@ class Core:
                 platform_message_id=msg.message_id, chat_id=msg.chat_id, thread_id=msg.thread_id,
                 user_id=msg.user_id, user_name=msg.user_name, reply_to_id=msg.reply_to_id,
                 language=msg.language)
+            due = created and repo.is_next(session=session, job_id=job.id)
+            if due:
+                repo.mark_dispatched(session=session, job_ids=[job.id])
             session.commit()  # enqueue only after commit: the worker must find the turn
-            return job.id, created
+            return job.id, created, due
 
     def _enqueue(self, job_id: int) -> None:
         """Send the turn to the queue if it is its conversation's next; a later turn is sent
