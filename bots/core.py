@@ -259,27 +259,22 @@ class Core:
             session.commit()  # enqueue only after commit: the worker must find the turn
             return job.id, created, due
 
-    def _enqueue(self, job_id: int) -> None:
-        """Send the turn to the queue if it is its conversation's next; a later turn is sent
-        when the one before it ends (turns of a conversation run in order)."""
-        with self.sessions() as session:
-            if not repo.is_next(session=session, job_id=job_id):
-                return
-            repo.mark_dispatched(session=session, job_ids=[job_id])
-            session.commit()
-        send_turns(self.celery, self.settings, [job_id])
-
     def _resend_if_waiting(self, job_id: int) -> None:
-        """A redelivered event whose turn is still queued: send it again (its first message
-        may have been lost with the process that was sending it)."""
-        with self.sessions() as session:
-            job = repo.get_job(session=session, job_id=job_id)
-            waiting = job is not None and job.status == JobState.QUEUED
-        if waiting:
-            try:
-                self._enqueue(job_id)
-            except Exception as exc:
-                log.warning("could not re-send job %s (%s); the reconciler will", job_id, exc)
+        """A redelivered event whose turn is still queued and its conversation's next: send
+        it again (its first message may have been lost with the process that was sending it;
+        a later turn is sent when the one before it ends)."""
+        try:
+            with self.sessions() as session:
+                job = repo.get_job(session=session, job_id=job_id)
+                due = (job is not None and job.status == JobState.QUEUED
+                       and repo.is_next(session=session, job_id=job_id))
+                if due:
+                    repo.mark_dispatched(session=session, job_ids=[job_id])
+                session.commit()
+            if due:
+                send_turns(self.celery, self.settings, [job_id])
+        except Exception as exc:
+            log.warning("could not re-send job %s (%s); the reconciler will", job_id, exc)
 
     # --- a space's settings (admins) -------------------------------------------------
 
