@@ -254,10 +254,10 @@ def _lock_job(session: Session, job_id: int) -> Job:
 _UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
 
 
-def _earlier_unfinished(job_table=Job):
+def _earlier_unfinished():
     """An earlier job of the same conversation that is not finished yet (SQL clause)."""
     earlier = aliased(Job)
-    return exists().where(earlier.conversation_id == job_table.conversation_id, earlier.id < job_table.id,
+    return exists().where(earlier.conversation_id == Job.conversation_id, earlier.id < Job.id,
                           earlier.status.in_(_UNFINISHED))
 
 
