@@ -85,6 +85,12 @@ class Core:
                 "The database is not ready: run `qvl db upgrade` or start `qvl up`, "
                 "and check DATABASE_URL.") from exc
 
+    async def workers_alive(self) -> int:
+        """How many workers said they were alive in the last ``events.ALIVE_TTL_S`` seconds
+        (0: a turn queued now waits until one starts)."""
+        keys = [k async for k in self.redis.scan_iter(match=events.alive_pattern(self.settings.namespace))]
+        return len(keys)
+
     def _check_database(self) -> None:
         with self.sessions() as session:
             session.execute(select(Conversation.id).limit(1))
@@ -149,7 +155,8 @@ class Core:
         wait = await self.limiter.hit(msg.platform, msg.user_id)
         if wait is not None:
             log.info("rate limit: %s/%s must wait %ss", msg.platform, msg.user_id, wait)
-            return await self._once(msg, say("rate_limited", msg.language, s=wait), key="rate_limited")
+            return await self._once(msg, say("rate_limited", msg.language, s=wait), key="rate_limited",
+                                    retry_after_s=wait)
         sniffed, problem, values = inspect_pictures(msg.images, self.settings)
         if problem:
             log.info("refused a picture from %s/%s: %s %s", msg.platform, msg.user_id, problem, values)
@@ -188,11 +195,12 @@ class Core:
             log.warning("could not mark %s/%s as seen (%s)", msg.platform, msg.message_id, exc)
             return True
 
-    async def _once(self, msg: IncomingMessage, text: str, *, key: str, error: bool = True) -> Reply:
+    async def _once(self, msg: IncomingMessage, text: str, *, key: str, error: bool = True,
+                    retry_after_s: int | None = None) -> Reply:
         """The immediate reply ``text`` to ``msg``, or a duplicate if its event was answered."""
         if not await self._mark_seen(msg):
             return self._duplicate(msg)
-        return self._reply_to(msg, text, error=error, key=key)
+        return replace(self._reply_to(msg, text, error=error, key=key), retry_after_s=retry_after_s)
 
     def _duplicate(self, msg: IncomingMessage) -> Reply:
         log.info("%s event %s was delivered again: already answered", msg.platform, msg.message_id)

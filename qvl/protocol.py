@@ -105,6 +105,7 @@ class Reply:
 
     ``key`` names the message-table entry of a command's or refusal's reply
     (``not_allowed`` is one an adapter may keep quiet about).
+    ``retry_after_s``, on a refusal that passes with time, says when to try again.
     """
 
     platform: str
@@ -117,6 +118,7 @@ class Reply:
     user_id: str | None = None
     error: bool = False
     key: str | None = None
+    retry_after_s: int | None = None  # a refusal that passes with time (rate limit, fair share)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ worker stopped its heartbeat. Copies are harmless: a turn starts only once.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from datetime import timedelta
@@ -19,6 +21,7 @@ import redis as redis_lib
 from celery import Celery, bootsteps
 from sqlalchemy.orm import Session, sessionmaker
 
+from qvl import events
 from qvl.dispatch import live_task_ids, send_turns, task_id
 from qvl.protocol import JobState
 from qvl.settings import Settings
@@ -84,17 +87,33 @@ class Reconciler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        try:  # a worker shut down cleanly is gone at once, not after ALIVE_TTL_S
+            self.redis.delete(events.alive_key(self.settings.namespace, f"{socket.gethostname()}-{os.getpid()}"))
+        except redis_lib.RedisError:
+            pass
 
     def _loop(self) -> None:
         interval = self.settings.reconcile_interval_s
         key = f"{self.settings.namespace}:reconciler"
+        alive = events.alive_key(self.settings.namespace, f"{socket.gethostname()}-{os.getpid()}")
+        self._say_alive(alive)
         while not self._stop.wait(interval):
+            self._say_alive(alive)
             try:
                 if self.redis.set(key, "1", nx=True, px=int(interval * 900)):
                     reconcile(sessions=self.sessions, redis=self.redis, celery=self.celery,
                               settings=self.settings)
             except Exception as exc:  # Redis or the database is away: try again next time
                 log.warning("reconciler: %s: %s", type(exc).__name__, exc)
+
+
+    def _say_alive(self, key: str) -> None:
+        """Tell the frontends a worker is consuming the queue (they answer 503 / "no worker"
+        without one)."""
+        try:
+            self.redis.set(key, "1", ex=max(events.ALIVE_TTL_S, int(3 * self.settings.reconcile_interval_s)))
+        except redis_lib.RedisError:
+            pass
 
 
 def reconciler_step(settings: Settings, url: str) -> type[bootsteps.StartStopStep]:
