@@ -59,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     worker = sub.add_parser("worker", help="run a worker only (scale-out; needs REDIS_URL and DATABASE_URL)")
-    worker.add_argument("-c", "--concurrency", type=int, default=1)
-    worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
+    worker.add_argument("-c", "--concurrency", type=int, default=None,
+                        help="turns in flight (default: QVL_WORKER_CONCURRENCY or the engine's)")
+    worker.add_argument("--pool", default=None, choices=["solo", "prefork", "threads"],
+                        help="Celery pool (default: threads when more than one turn is in flight)")
     worker.set_defaults(func=cmd_worker)
 
     discord_ = sub.add_parser("discord", help="run the Discord frontend only (needs DISCORD_TOKEN, REDIS_URL)")
@@ -68,6 +70,21 @@ def _parser() -> argparse.ArgumentParser:
 
     wechat = sub.add_parser("wechat", help="run the WeChat frontend only (needs WECHATY_PUPPET_SERVICE_ENDPOINT)")
     wechat.set_defaults(func=cmd_wechat)
+
+    web = sub.add_parser("web", help="run the web page and the OpenAI-compatible API only (QVL_WEB_HOST:QVL_WEB_PORT)")
+    web.set_defaults(func=cmd_web)
+
+    keys = sub.add_parser("keys", help="API keys for the web page and the API").add_subparsers(metavar="ACTION")
+    keys_create = keys.add_parser("create", help="make a key; its secret is shown once")
+    keys_create.add_argument("name")
+    keys_create.add_argument("--rate-limit", type=int, metavar="N",
+                             help="turns per QVL_RATE_LIMIT_WINDOW_S for this key (default: no limit of its own)")
+    keys_create.set_defaults(func=cmd_keys_create)
+    keys_list = keys.add_parser("list", help="every key: name, prefix, rate limit, revoked or not")
+    keys_list.set_defaults(func=cmd_keys_list)
+    keys_revoke = keys.add_parser("revoke", help="revoke a key for good (by name or id)")
+    keys_revoke.add_argument("name")
+    keys_revoke.set_defaults(func=cmd_keys_revoke)
 
     chat = sub.add_parser("chat", help="one chat turn from the terminal, through the running service")
     chat.add_argument("images", nargs="*", type=Path, help="pictures to send with the question")
@@ -188,6 +205,73 @@ def cmd_wechat(args: argparse.Namespace) -> int:
         raise UserFacingError(f"the WeChat frontend cannot be loaded ({exc}): "
                               "pip install -e '.[wechat]' (in an environment of its own, see README)") from exc
     asyncio.run(run(settings, redis_url=url))
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bots.web.app import run
+    from bots.web.auth import make_login_link
+    from qvl.queue import checked_redis_url
+    from qvl.settings import Settings
+
+    settings = Settings()
+    url = checked_redis_url(settings)  # in seconds, naming REDIS_URL
+    print(f"qvl web on http://{settings.web_host}:{settings.web_port}")
+    print(f"  sign in (once, within a day): {make_login_link(settings, url)}")
+    asyncio.run(run(settings, redis_url=url))
+    return 0
+
+
+def _key_sessions():
+    from cli.service import database_setting
+    from qvl.settings import Settings
+    from storage.db import make_engine, make_sessionmaker, upgrade
+
+    settings = Settings()
+    upgrade(settings.resolved_database_url(), setting=database_setting(settings))
+    return make_sessionmaker(make_engine(settings.resolved_database_url()))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from storage import keys
+
+    with _key_sessions()() as session:
+        try:
+            key, secret = keys.create_key(session=session, name=args.name, rate_limit=args.rate_limit)
+        except ValueError as exc:
+            raise UserFacingError(str(exc)) from exc
+        session.commit()
+        print(f"created key {key.name!r} (id {key.id}); its secret, shown this once:")
+        print(secret)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from storage import keys
+
+    with _key_sessions()() as session:
+        found = keys.list_keys(session=session)
+        if not found:
+            print("no keys yet: qvl keys create NAME")
+        for key in found:
+            limit = f"{key.rate_limit}/window" if key.rate_limit else "no own limit"
+            state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            print(f"{key.id:>4}  {key.name:<24} {key.prefix}…  {limit:<14} created {key.created_at:%Y-%m-%d %H:%M}  {state}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from storage import keys
+
+    with _key_sessions()() as session:
+        key = keys.find_key(session=session, name_or_id=args.name)
+        if key is None:
+            raise UserFacingError(f"no key named {args.name!r} (qvl keys list)")
+        changed = keys.revoke_key(session=session, key=key)
+        session.commit()
+        print(f"revoked key {key.name!r}" if changed else f"key {key.name!r} was revoked already")
     return 0
 
 

@@ -41,6 +41,10 @@ def up(settings: Settings) -> int:
         supervisors: list[Supervisor] = []
         try:
             _print_parts(settings, url, server, frontends)
+            if "Web" in frontends:
+                from bots.web.auth import make_login_link
+
+                print(f"Open the page (this link signs you in once): {make_login_link(settings, url)}")
             print("Talk to it from another terminal: qvl chat PICTURE.jpg --text 'What is in this picture?'")
             supervisors = start_frontends(settings, url, frontends)
             return run_worker(settings, url)
@@ -112,6 +116,12 @@ def configured_frontends(settings: Settings) -> dict[str, Frontend]:
                 f"WECHATY_PUPPET_SERVICE_ENDPOINT is set but the WeChat frontend cannot be loaded "
                 f"({exc}): pip install -e '.[wechat]'") from exc
         frontends["WeChat"] = run_wechat
+    if settings.web_enabled:
+        from bots.web.app import check_web_exposure
+        from bots.web.app import run as run_web
+
+        check_web_exposure(settings)  # beyond loopback without a key: stop here, not retry forever
+        frontends["Web"] = run_web
     return frontends
 
 
@@ -209,13 +219,26 @@ def _print_parts(settings: Settings, url: str, server, frontends: dict[str, Fron
         print("  frontends none (set DISCORD_TOKEN or WECHATY_PUPPET_SERVICE_ENDPOINT)")
 
 
-def run_worker(settings: Settings, url: str, *, concurrency: int = 1, pool: str = "solo", app=None) -> int:
-    """Run a Celery worker for the turn queue in this process (blocks)."""
+def run_worker(settings: Settings, url: str, *, concurrency: int | None = None, pool: str | None = None,
+               app=None) -> int:
+    """Run a Celery worker for the turn queue in this process (blocks); the pool and the
+    concurrency default to the engine's (:func:`worker.app.pool_for`)."""
     from celery.signals import setup_logging
 
-    if app is None:
-        from worker.app import create_app
+    from worker.app import create_app, pool_for
 
+    chosen_pool, chosen = pool_for(settings.model_copy(update={"worker_concurrency": concurrency})
+                                   if concurrency else settings)
+    pool = pool or chosen_pool
+    concurrency = concurrency or chosen
+    if pool == "solo" and concurrency > 1:
+        pool = "threads"
+    log.info("worker: %s pool, %d turn(s) at once", pool, concurrency)
+    if engine_and_family(settings)[0] == EngineKind.QWEN_VL and concurrency > 1:
+        log.warning("the qwen-vl engine answers one turn at a time (Qwen-VL-Chat's code has no batched chat): "
+                    "QVL_WORKER_CONCURRENCY=%d runs that many copies' worth of turns on one model, in turn",
+                    concurrency)
+    if app is None:
         app = create_app(settings, url)
     # The command line configured logging already; without a receiver Celery adds a second
     # root handler and every line is written twice.

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     image_decode_s: float = Field(30.0, gt=0, description="longest time the worker spends decoding one picture")
     turn_time_limit_s: int = Field(600, ge=1, description="hard time limit of one turn in a worker (prefork pool: "
                                                           "the stalled child is killed and replaced)")
+    worker_concurrency: int | None = Field(
+        None, ge=1, description="turns one worker keeps in flight (default: the engine's: openai 32, transformers "
+                                "QVL_BATCH_MAX, echo 8, qwen-vl and your own engines 1)")
+    batch_max: int = Field(8, ge=1, description="transformers engine: most conversations answered in one batch")
+    batch_wait_ms: float = Field(10.0, ge=0, description="transformers engine: how long an idle model waits for "
+                                                         "more turns to batch with the first")
+    user_max_pending: int = Field(3, ge=0, description="turns one person may have queued or running at once "
+                                                       "(0: no cap); more are refused with a short reply")
+    space_max_pending: int = Field(32, ge=0, description="turns one server or group may have queued or running "
+                                                         "at once (0: no cap)")
     text_max_chars: int = Field(8000, ge=1, description="longest message text accepted, in characters "
                                                        "(a longer one is refused at the door)")
 
@@ -104,6 +114,24 @@ class Settings(BaseSettings):
     wechat_scope: Scope = Field(Scope.USER, description="user (per user in a room) or shared (one per room)")
     wechat_picture_window_s: float = Field(180, description="a picture joins its sender's next question within this")
 
+    wecom_bot_id: str | None = Field(
+        None, validation_alias=AliasChoices("WECOM_BOT_ID", "QVL_WECOM_BOT_ID"),
+        description="the WeCom AI bot's id (admin console); with the secret, `qvl up` starts WeCom")
+    wecom_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("WECOM_BOT_SECRET", "QVL_WECOM_SECRET"),
+        description="the WeCom AI bot's secret for its long connection")
+    wecom_ws_url: str = Field("wss://openws.work.weixin.qq.com", description="WeCom's long-connection address")
+    wecom_ca_file: Path | None = Field(None, description="PEM certificates to trust besides the usual roots for "
+                                                         "the long connection and picture downloads (a private gateway)")
+    wecom_groups: Ids = Field(frozenset(), description="comma-separated group chat ids the bot serves (empty: any)")
+    wecom_admins: Ids = Field(frozenset(), description="comma-separated user ids allowed admin commands (/scope)")
+    wecom_private: bool = Field(True, description="answer every message in direct chats")
+    wecom_picture_window_s: float = Field(180, description="a picture joins its sender's next question within this")
+    wecom_stream_window_s: float = Field(330, gt=0, description="a streamed reply must end this soon after the question "
+                                                               "(WeCom allows 6 minutes); later ones are sent anew")
+    wecom_stream_interval_s: float = Field(1.0, ge=0, description="least time between updates of a streamed reply")
+    wecom_heartbeat_s: float = Field(30, gt=0, description="how often the long connection is pinged")
+
     turn_timeout_s: int = Field(1800, description="a turn unacknowledged this long after a worker died is redone")
     heartbeat_s: float = Field(2.0, gt=0, description="a running turn's worker records that it is alive this often")
     worker_lost_s: float = Field(15.0, gt=0, description="a running turn whose heartbeat is this old is redone "
@@ -116,8 +144,15 @@ class Settings(BaseSettings):
                                                             "is offered again after this long")
     stream_interval_s: float = Field(0.5, description="least time between streamed partial answers")
 
+    web_enabled: bool = Field(True, description="`qvl up` also serves the web page and the OpenAI-compatible API")
+    web_host: str = Field("127.0.0.1", description="address the web frontend listens on (beyond loopback only "
+                                                   "once an API key exists: qvl keys create NAME)")
+    web_port: int = Field(8000, ge=0, le=65535, description="port the web frontend listens on")
+    web_secret: SecretStr | None = Field(None, description="signs login sessions and picture links; default: "
+                                                           "a random one kept in data_dir/web.secret")
+
     @field_validator("discord_allowed_guilds", "discord_allowed_channels", "discord_allowed_roles",
-                     "wechat_rooms", "wechat_admins", mode="before")
+                     "wechat_rooms", "wechat_admins", "wecom_groups", "wecom_admins", mode="before")
     @classmethod
     def _ids(cls, value: object) -> object:
         if isinstance(value, str):
@@ -147,8 +182,8 @@ class Settings(BaseSettings):
         """Environment variables that give a child process exactly these settings."""
         env = {f"QVL_{name.upper()}": _env_value(value) for name, value in self.model_dump().items()
                if value is not None and name not in ("database_url", "redis_url", "discord_token", "wechat_token",
-                                                     "openai_api_key")}
-        for name in ("discord_token", "wechat_token", "openai_api_key"):
+                                                     "openai_api_key", "web_secret", "wecom_secret")}
+        for name in ("discord_token", "wechat_token", "openai_api_key", "web_secret", "wecom_secret"):
             secret = getattr(self, name)
             if secret is not None:
                 env[f"QVL_{name.upper()}"] = secret.get_secret_value()

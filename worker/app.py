@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from qvl.models import EngineKind, engine_and_family
 from qvl.protocol import TASK_NAME, TASK_VERSION
 from qvl.queue import make_celery, redis_url
 from qvl.settings import Settings
@@ -39,6 +40,25 @@ class WorkerContext:
             self._runtime = Runtime(self.settings, redis_url=self.url, **options)
             self._pid = os.getpid()
         return self._runtime
+
+
+# Turns one worker keeps in flight by default. A remote server batches them itself; the
+# transformers engine batches what waits (worker/engines/batching.py); Qwen-VL-Chat's code
+# has no batched chat, and an operator's own engine is not known to be thread-safe.
+DEFAULT_CONCURRENCY = {EngineKind.OPENAI: 32, EngineKind.ECHO: 8, EngineKind.QWEN_VL: 1}
+
+
+def pool_for(settings: Settings) -> tuple[str, int]:
+    """The Celery pool and concurrency a worker of these settings runs with:
+    ``QVL_WORKER_CONCURRENCY`` or the engine's default; threads when more than one.
+
+    Threads, not processes: many turns in flight share one copy of the model (or one HTTP
+    connection pool), and the engines wait on I/O or on torch, both outside the GIL.
+    """
+    kind, _ = engine_and_family(settings)
+    default = settings.batch_max if kind == EngineKind.TRANSFORMERS else DEFAULT_CONCURRENCY.get(kind, 1)
+    concurrency = settings.worker_concurrency or default
+    return ("threads" if concurrency > 1 else "solo"), concurrency
 
 
 def create_app(settings: Settings, url: str | None = None, *,

@@ -44,6 +44,7 @@ class Runtime:
         self.celery = make_celery(settings, redis_url)  # sends a conversation's next turn
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
         self.limits = Limits(settings.image_max_bytes, settings.image_max_pixels,
                              max_aspect=settings.image_max_aspect, max_scans=settings.image_max_scans,
                              decode_s=settings.image_decode_s)
@@ -52,10 +53,13 @@ class Runtime:
     @property
     def engine(self) -> Engine:
         if self._engine is None:  # loaded on the first turn, in the process that serves it
-            started = time.perf_counter()
-            self._engine = self._engine_factory(self.settings)
-            log.info("engine %s (%s) ready in %.1fs", self._engine.name, self._engine.family,
-                     time.perf_counter() - started)
+            with self._engine_lock:  # once, however many turns arrive together
+                if self._engine is None:
+                    started = time.perf_counter()
+                    engine = self._engine_factory(self.settings)
+                    log.info("engine %s (%s) ready in %.1fs", engine.name, engine.family,
+                             time.perf_counter() - started)
+                    self._engine = engine
         return self._engine
 
 

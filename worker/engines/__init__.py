@@ -70,7 +70,8 @@ def load_engine(settings: Settings) -> Engine:
         path = fetch_model(settings)
         from worker.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(path, family=family, device=settings.device)
+        return TransformersEngine(path, family=family, device=settings.device, batch_max=settings.batch_max,
+                                  batch_wait_s=settings.batch_wait_ms / 1000)
     if kind == EngineKind.OPENAI:
         from worker.engines.openai_engine import OpenAIEngine
 

@@ -1,9 +1,11 @@
 """An engine that asks an OpenAI-compatible chat-completions server (vLLM, SGLang, LMDeploy,
 DashScope's compatible mode) instead of running a model in this process.
 
-Synchronous on purpose: the Celery worker is. One deadline, ``timeout_s``, bounds a whole
-``generate`` call — connecting, waiting, streaming and every retry — so a server that
-accepts and then hangs cannot hold a worker longer than that.
+Synchronous on purpose: each turn runs on a worker thread of its own (the threads pool
+keeps up to ``QVL_WORKER_CONCURRENCY`` turns in flight, and the server batches them).
+One deadline, ``timeout_s``, bounds a whole ``generate`` call — connecting, waiting,
+streaming and every retry — so a server that accepts and then hangs cannot hold a
+worker thread longer than that.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import requests
+import requests.adapters
 import urllib3
 from PIL import Image
 
@@ -92,6 +95,11 @@ class OpenAIEngine(Engine):
         self.backoff_s = backoff_s
         self.stream = stream
         self._http = requests.Session()
+        # One worker keeps many turns in flight (QVL_WORKER_CONCURRENCY, 32 by default),
+        # each on a thread of its own: keep a connection for each instead of urllib3's 10.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=128)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
 
     def generate(self, turns: Sequence[ChatTurn], *, max_new_tokens: int,
                  on_text: Callable[[str], None] | None = None) -> str:

@@ -20,6 +20,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from qvl.models import Family
 from worker.engines.base import ChatTurn, Engine, EngineError, one_line
+from worker.engines.batching import Batcher, Request
 from worker.engines.hf_compat import load_processor
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 class TransformersEngine(Engine):
-    """A Qwen-VL checkpoint on one device, answering with greedy decoding."""
+    """A Qwen-VL checkpoint on one device, answering with greedy decoding; turns that
+    arrive while it is busy are answered together (:mod:`worker.engines.batching`)."""
 
     name = "transformers"
 
@@ -50,14 +52,19 @@ class TransformersEngine(Engine):
         family: str | None = None,
         device: str = "auto",
         dtype: str = "auto",
+        batch_max: int = 8,
+        batch_wait_s: float = 0.01,
     ) -> None:
         """Load the processor and the model from ``model_path`` (a local directory).
 
         ``family`` defaults to the one of ``config.model_type``; ``device`` "auto"
         means CUDA when available, and ``dtype`` "auto" bfloat16 (float16 on old
-        GPUs) on CUDA and float32 on the CPU. Raises :class:`EngineError` when the
-        checkpoint cannot be read, is not a Qwen2/2.5/3-VL model, or does not fit.
+        GPUs) on CUDA and float32 on the CPU. Up to ``batch_max`` turns are answered
+        in one ``generate``. Raises :class:`EngineError` when the checkpoint cannot be
+        read, is not a Qwen2/2.5/3-VL model, or does not fit.
         """
+        self._tokenizer_lock = threading.Lock()  # fast tokenizers refuse concurrent use
+        self._batcher = Batcher(self._run_batch, max_size=batch_max, wait_s=batch_wait_s)
         path = Path(model_path)
         if family is not None and family not in FAMILY_OF_MODEL_TYPE.values():
             known = ", ".join(FAMILY_OF_MODEL_TYPE.values())
@@ -113,14 +120,15 @@ class TransformersEngine(Engine):
         """
         messages = [_message(turn) for turn in turns]
         try:
-            return self.processor.apply_chat_template(
-                messages,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-                sanitize_control_tokens=True,
-            )
+            with self._tokenizer_lock:
+                return self.processor.apply_chat_template(
+                    messages,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=True,
+                    return_tensors="pt",
+                    sanitize_control_tokens=True,
+                )
         except ValueError as exc:
             raise EngineError.of("model_cannot_read", detail=one_line(exc)) from exc
 
@@ -133,44 +141,38 @@ class TransformersEngine(Engine):
     ) -> str:
         """Answer the last user turn greedily; return the answer, grounding markup kept.
 
+        The turn joins the next batch of the model (other conversations' turns waiting
+        at the same time); its answer is the same as if it were answered alone.
         ``on_text`` runs on the calling thread with the answer so far (stripped,
         never ending in half a character); its last call gets the returned text.
-        An exception raised by ``on_text`` stops generation and propagates.
-        Raises :class:`EngineError` when the model runs out of memory or fails.
+        An exception raised by ``on_text`` stops generating this answer and propagates.
+        Raises :class:`EngineError` for a conversation or picture the processor refuses
+        (this turn alone fails), or when the model runs out of memory or fails.
         """
-        inputs = self.encode(turns).to(self.model.device, dtype=self.model.dtype)
-        config = copy.deepcopy(self._generation_config)
-        config.max_new_tokens = max_new_tokens
-        streamer = _IdStreamer()
-        cancel = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.model.generate(
-                        **inputs,
-                        generation_config=config,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
-                    )
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                failure.append(exc)
-            finally:
-                streamer.queue.put(None)
-
-        thread = threading.Thread(target=run, name="qvl-generate", daemon=True)
-        thread.start()
+        request = self._batcher.submit(Request(self.encode(turns), max_new_tokens))
         try:
-            answer = self._stream(streamer.queue, on_text)
+            answer = self._stream(request.tokens, on_text)
         except BaseException:
-            cancel.set()  # on_text or a signal (a time limit) stopped us: stop the model too
-            thread.join()
+            request.cancel.set()  # on_text or a signal (a time limit) stopped us: stop our row too
             raise
-        thread.join()
-        if failure:
-            raise _engine_error(failure[0], self.device)
+        if request.error is not None:
+            raise _engine_error(request.error, self.device)
         return answer
+
+    def _run_batch(self, requests: list[Request]) -> None:
+        """Generate for ``requests`` in one padded ``generate`` (on the batcher's thread)."""
+        inputs = requests[0].inputs if len(requests) == 1 else collate(
+            [r.inputs for r in requests], pad_id=self._generation_config.pad_token_id)
+        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
+        config = copy.deepcopy(self._generation_config)
+        config.max_new_tokens = max(r.max_new_tokens for r in requests)
+        with torch.inference_mode():
+            self.model.generate(
+                **inputs,
+                generation_config=config,
+                streamer=_BatchStreamer(requests, self._stop_ids),
+                stopping_criteria=StoppingCriteriaList([_Over(requests)]),
+            )
 
     def _stream(self, ids_queue: queue.SimpleQueue, on_text: Callable[[str], None] | None) -> str:
         ids: list[int] = []
@@ -210,7 +212,8 @@ class TransformersEngine(Engine):
 
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` costs as plain text."""
-        return len(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+        with self._tokenizer_lock:
+            return len(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     def image_tokens(self, width: int, height: int) -> int:
         """Tokens one ``width``×``height`` picture costs: its pads plus vision start/end.
@@ -247,29 +250,53 @@ def _check_aspect(width: int, height: int) -> None:
         raise EngineError.of("picture_aspect", width=width, height=height, ratio=MAX_ASPECT)
 
 
-class _IdStreamer(BaseStreamer):
-    """Hands generated token ids to the calling thread through a queue."""
+def collate(features: list, *, pad_id: int):
+    """One batch of single-sample processor outputs: per-token tensors (ids, mask, token
+    types) left-padded to the longest prompt, picture tensors concatenated in order."""
+    from transformers import BatchFeature
 
-    def __init__(self) -> None:
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+    length = max(f["input_ids"].shape[1] for f in features)
+    batch = {}
+    for key in dict.fromkeys(k for f in features for k in f.keys()):
+        present = [f for f in features if key in f]
+        if all(f[key].shape == f["input_ids"].shape for f in present) and len(present) == len(features):
+            pad = pad_id if key == "input_ids" else 0
+            batch[key] = torch.cat([torch.nn.functional.pad(f[key], (length - f[key].shape[1], 0), value=pad)
+                                    for f in features])
+        else:  # pixel_values, image_grid_thw: rows of every picture, sample after sample
+            batch[key] = torch.cat([f[key] for f in present])
+    return BatchFeature(batch)
+
+
+class _BatchStreamer(BaseStreamer):
+    """Hands each row's new token ids to its request, through the request's queue."""
+
+    def __init__(self, requests: list[Request], stop_ids: set[int]) -> None:
+        self.requests, self.stop_ids = requests, stop_ids
         self._prompt_skipped = False
 
     def put(self, value) -> None:
         if not self._prompt_skipped:  # generate() first puts the whole prompt
             self._prompt_skipped = True
             return
-        self.queue.put(value.reshape(-1).tolist())
+        rows = value.reshape(len(self.requests), -1).tolist()
+        for request, ids in zip(self.requests, rows, strict=True):
+            request.emit(ids, self.stop_ids)
 
     def end(self) -> None:
-        pass  # the generating thread signals the end itself, also on errors
+        for request in self.requests:
+            request.end()
 
 
-class _Cancelled(StoppingCriteria):
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+class _Over(StoppingCriteria):
+    """Stops each row whose request is over (cancelled, or at its own length)."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+        over = [r.over or r.cancel.is_set() for r in self.requests]
+        return torch.tensor(over, device=input_ids.device)
 
 
 def _message(turn: ChatTurn) -> dict:

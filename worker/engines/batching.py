@@ -1,0 +1,131 @@
+"""Turns that wait while the model is busy are answered together, in one batch.
+
+The worker runs many turns at once on threads (``QVL_WORKER_CONCURRENCY``); each hands
+its encoded prompt to the :class:`Batcher` and reads its own answer's token ids from a
+queue. One thread owns the model: when it is free, it takes every request waiting (up
+to ``max_size``, after waiting ``wait_s`` for company when it was idle) and runs them as
+one batch. Each request ends on its own (its stop token, its length, its cancel flag),
+so a short answer is finished, stored and delivered while longer ones still grow.
+
+Static batching: a request arriving while a batch runs waits for the next one. This is
+what transformers' ``generate`` can do with pictures today (its continuous batching
+takes token ids only); vLLM and SGLang do continuous batching behind the openai engine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Request:
+    """One turn's generation: its encoded prompt in, its token ids out.
+
+    ``tokens`` receives lists of new token ids, then ``None`` once the request is over
+    (ended, cancelled or failed: ``error`` is set before the ``None`` when it failed).
+    Set ``cancel`` to stop generating for it.
+    """
+
+    inputs: Any
+    max_new_tokens: int
+    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    produced: int = 0
+    over: bool = False
+
+    def emit(self, ids: list[int], stop_ids: set[int]) -> None:
+        """Hand new ids to the reader; end the request at a stop id or at its length."""
+        if self.over:
+            return
+        kept = ids[: self.max_new_tokens - self.produced]
+        self.produced += len(kept)
+        self.tokens.put(kept)
+        if any(i in stop_ids for i in kept) or self.produced >= self.max_new_tokens or self.cancel.is_set():
+            self.end()
+
+    def end(self, error: BaseException | None = None) -> None:
+        if not self.over:
+            self.over = True
+            self.error = error
+            self.tokens.put(None)
+
+
+class Batcher:
+    """Collects :class:`Request` objects and hands them, a batch at a time, to
+    ``run_batch`` on one thread of its own (started on the first request)."""
+
+    def __init__(self, run_batch: Callable[[list[Request]], None], *, max_size: int, wait_s: float):
+        self.run_batch, self.max_size, self.wait_s = run_batch, max(1, max_size), max(0.0, wait_s)
+        self._waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.sizes: list[int] = []  # the size of each batch run so far (for tests and logs)
+
+    def submit(self, request: Request) -> Request:
+        """Queue ``request`` for the next batch; read its ``tokens`` for the answer."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="qvl-batcher", daemon=True)
+                self._thread.start()
+                atexit.register(self.stop)  # torch aborts a process that exits under a running thread
+        self._waiting.put(request)
+        return request
+
+    def stop(self) -> None:
+        """Let the batch in progress finish, then end the batcher's thread."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._waiting.put(None)
+            thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            self.sizes.append(len(batch))
+            if len(batch) > 1:
+                log.info("answering %d turns in one batch", len(batch))
+            try:
+                self.run_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - each reader raises it in its own thread
+                for request in batch:
+                    request.end(exc)
+            finally:
+                for request in batch:
+                    request.end()
+
+    def _collect(self) -> list[Request] | None:
+        first = self._waiting.get()
+        if first is None:
+            return None
+        batch = [first] if not first.cancel.is_set() else []
+        deadline = time.monotonic() + self.wait_s  # an idle model waits a moment for company
+        while len(batch) < self.max_size:
+            try:
+                left = deadline - time.monotonic()
+                request = self._waiting.get(timeout=left) if left > 0 else self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if request is None:
+                self._waiting.put(None)  # stop after this batch
+                break
+            if request.cancel.is_set():
+                request.end()
+            else:
+                batch.append(request)
+        if first.cancel.is_set():
+            first.end()
+        return batch
