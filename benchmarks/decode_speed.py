@@ -50,6 +50,18 @@ def config_7b(tokenizer, *, layers: int, depth: int):
     )
 
 
+def processor_7b():
+    """A Qwen2.5-VL processor with the published pixel limits (the tiny model's tokenizer: no hub)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = make_tiny(Path(tmp), "qwen2.5-vl")
+        path = directory / "preprocessor_config.json"  # the published pixel limits, not the tiny ones
+        data = json.loads(path.read_text())
+        data.update(min_pixels=PIXELS[0], max_pixels=PIXELS[1], size={"shortest_edge": PIXELS[0],
+                                                                      "longest_edge": PIXELS[1]})
+        path.write_text(json.dumps(data))
+        return load_processor(directory)
+
+
 class Clock(BaseStreamer):
     """Times generate's calls: the first is the prompt, the second the first new token."""
 
@@ -80,14 +92,7 @@ def main() -> None:
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (a decode rate needs two tokens)")
 
-    with tempfile.TemporaryDirectory() as tmp:  # a tokenizer and processor, no hub
-        directory = make_tiny(Path(tmp), "qwen2.5-vl")
-        path = directory / "preprocessor_config.json"  # the published pixel limits, not the tiny ones
-        data = json.loads(path.read_text())
-        data.update(min_pixels=PIXELS[0], max_pixels=PIXELS[1], size={"shortest_edge": PIXELS[0],
-                                                                      "longest_edge": PIXELS[1]})
-        path.write_text(json.dumps(data))
-        processor = load_processor(directory)
+    processor = processor_7b()
     config = config_7b(processor.tokenizer, layers=args.layers, depth=args.depth)
     started = time.perf_counter()
     with torch.device(args.device):

@@ -24,7 +24,7 @@ from bots.commands import argument_of, command_of
 from bots.delivery import Delivery
 from bots.pictures import inspect as inspect_pictures
 from bots.ratelimit import RateLimiter
-from bots.scope import may_join, scope_key
+from bots.scope import may_join, scope_key, space_prefix
 from qvl import events
 from qvl.dispatch import send_turns
 from qvl.errors import UserFacingError
@@ -50,6 +50,7 @@ from storage.models import Conversation
 log = logging.getLogger(__name__)
 
 DUPLICATE = "duplicate"  # the key of the Reply to an event already answered: adapters send nothing
+OVER_SHARE_RETRY_S = 5  # what a refusal for fairness suggests as Retry-After (the web API's 429)
 SEEN_TTL_S = 24 * 3600  # how long an event answered at once is remembered (turns: for good, in SQL)
 
 class Core:
@@ -88,8 +89,8 @@ class Core:
     async def workers_alive(self) -> int:
         """How many workers said they were alive in the last ``events.ALIVE_TTL_S`` seconds
         (0: a turn queued now waits until one starts)."""
-        keys = [k async for k in self.redis.scan_iter(match=events.alive_pattern(self.settings.namespace))]
-        return len(keys)
+        pattern = events.alive_pattern(self.settings.namespace)
+        return len([k async for k in self.redis.scan_iter(match=pattern, count=1000)])
 
     def _check_database(self) -> None:
         with self.sessions() as session:
@@ -124,7 +125,7 @@ class Core:
         command = command_of(msg.text)
         if command == "help":
             return await self._once(msg, say("help", msg.language), key="help", error=False)
-        config, scope, known = await asyncio.to_thread(self._resolve, msg)
+        config, scope, known, pending = await asyncio.to_thread(self._resolve, msg)
         if known is not None:  # a redelivered event: answered once, not counted twice
             await asyncio.to_thread(self._resend_if_waiting, known)
             return Accepted(job_id=known, duplicate=True)
@@ -140,6 +141,9 @@ class Core:
             if not await self._mark_seen(msg):
                 return self._duplicate(msg)
             return await self.configure(msg, scope=argument_of(msg.text) or "?")
+        over = self._over_share(msg, pending)
+        if over is not None:  # passes as the earlier turns end: a few seconds, a guess
+            return await self._once(msg, over, key="over_share", retry_after_s=OVER_SHARE_RETRY_S)
         if pictures is not None:
             try:
                 msg = replace(msg, images=(*msg.images, *await pictures()))
@@ -214,9 +218,10 @@ class Core:
         return Reply(platform=msg.platform, chat_id=msg.chat_id, text=text, thread_id=msg.thread_id,
                      reply_to_message_id=msg.message_id, user_id=msg.user_id, error=error, key=key)
 
-    def _resolve(self, msg: IncomingMessage) -> tuple[dict, str, int | None]:
-        """The space's settings, the conversation key of ``msg`` and the job of an earlier
-        delivery of the same platform event (None if new), in one transaction.
+    def _resolve(self, msg: IncomingMessage) -> tuple[dict, str, int | None, tuple[int, int]]:
+        """The space's settings, the conversation key of ``msg``, the job of an earlier
+        delivery of the same platform event (None if new), and how many turns its writer
+        and its space have queued or running, in one transaction.
 
         A reply to one of the bot's messages continues that conversation when the
         replier belongs to it (:func:`bots.scope.may_join`); otherwise their own.
@@ -227,16 +232,37 @@ class Core:
                       if where.space_id else {})
             job = repo.find_turn(session=session, platform=msg.platform, platform_message_id=msg.message_id)
             known = job.id if job is not None else None
+            capped = self.settings.user_max_pending, self.settings.space_max_pending
+            pending = repo.pending_turns(session=session, platform=msg.platform,
+                                         user_id=msg.user_id if capped[0] else None,
+                                         scope_prefix=space_prefix(where) if capped[1] else None)
             if msg.reply_to_bot_id:
                 earlier = repo.conversation_for_platform_message(
                     session=session, platform=msg.platform, platform_message_id=msg.reply_to_bot_id)
                 if earlier is not None and may_join(earlier.scope_key, where, msg.user_id):
-                    return config, earlier.scope_key, known
+                    return config, earlier.scope_key, known, pending
         scope = Scope.parse(str(config.get("scope", ""))) or self._default_scope(msg.platform)
-        return config, scope_key(where, msg.user_id, scope), known
+        return config, scope_key(where, msg.user_id, scope), known, pending
+
+    def _over_share(self, msg: IncomingMessage, pending: tuple[int, int]) -> str | None:
+        """Why ``msg`` is refused for fairness, or None: one person may have at most
+        ``QVL_USER_MAX_PENDING`` turns queued or running, one server or group at most
+        ``QVL_SPACE_MAX_PENDING``, so that nobody's first question waits behind someone
+        else's tenth."""
+        mine, space = pending
+        language = msg.language or language_of(msg.text)
+        user_cap, space_cap = self.settings.user_max_pending, self.settings.space_max_pending
+        if user_cap and mine >= user_cap:
+            log.info("fair share: %s/%s has %d turns pending", msg.platform, msg.user_id, mine)
+            return say("over_share_user", language, n=mine)
+        if space_cap and msg.where.space_id is not None and space >= space_cap:
+            log.info("fair share: %s space %s has %d turns pending", msg.platform, msg.where.space_id, space)
+            return say("over_share_space", language, n=space)
+        return None
 
     def _default_scope(self, platform: str) -> Scope:
-        return self.settings.wechat_scope if platform == "wechat" else Scope.USER
+        defaults = {"wechat": self.settings.wechat_scope, "wecom": self.settings.wecom_scope}
+        return defaults.get(platform, Scope.USER)
 
     def _reset(self, platform: str, scope: str) -> None:
         with self.sessions() as session:
@@ -261,9 +287,7 @@ class Core:
                 platform_message_id=msg.message_id, chat_id=msg.chat_id, thread_id=msg.thread_id,
                 user_id=msg.user_id, user_name=msg.user_name, reply_to_id=msg.reply_to_id,
                 language=msg.language)
-            due = created and repo.is_next(session=session, job_id=job.id)
-            if due:
-                repo.mark_dispatched(session=session, job_ids=[job.id])
+            due = created and repo.dispatch_if_next(session=session, job_id=job.id)
             session.commit()  # enqueue only after commit: the worker must find the turn
             return job.id, created, due
 
@@ -273,11 +297,7 @@ class Core:
         a later turn is sent when the one before it ends)."""
         try:
             with self.sessions() as session:
-                job = repo.get_job(session=session, job_id=job_id)
-                due = (job is not None and job.status == JobState.QUEUED
-                       and repo.is_next(session=session, job_id=job_id))
-                if due:
-                    repo.mark_dispatched(session=session, job_ids=[job_id])
+                due = repo.dispatch_if_next(session=session, job_id=job_id)
                 session.commit()
             if due:
                 send_turns(self.celery, self.settings, [job_id])
@@ -372,7 +392,8 @@ class Core:
         (see :meth:`Delivery.replies`)."""
         return self.delivery.replies(platform, sweep_s=sweep_s)
 
-    async def serve_replies(self, platform: str, send: Callable[[Reply], Awaitable[object]]) -> None:
+    async def serve_replies(self, platform: str, send: Callable[[Reply], Awaitable[object]], *,
+                            parallel: int = 1) -> None:
         """Hand every finished reply of ``platform`` to ``send``, for good: the delivery
         loop of a frontend (cancel the task to stop it).
 
@@ -380,10 +401,16 @@ class Core:
         again later. When it returns, the reply is acknowledged (delivered). A frontend
         that dies in between leaves a lease that ends after ``QVL_DELIVERY_LEASE_S``: the
         reply is offered again then (at most one reply per conversation is ever in flight).
+        ``parallel`` > 1 sends replies of different conversations concurrently (one slow
+        send does not hold the others), at the price of up to that many possible duplicates
+        when the frontend dies mid-send; the default, 1, keeps the promise of at most one.
         """
-        while True:
+        slots = asyncio.Semaphore(parallel)
+        sending: set[asyncio.Task] = set()
+
+        async def deliver(reply: Reply | None) -> None:
             try:
-                async for reply in self.replies(platform):
+                while reply is not None:
                     try:
                         await send(reply)
                     except asyncio.CancelledError:
@@ -392,13 +419,32 @@ class Core:
                         log.warning("could not deliver the reply of job %s (%s: %s); offering it again later",
                                     reply.job_id, type(exc).__name__, exc)
                         await self.delivery.release(reply)
-                        continue
-                    await self.delivery.ack(reply)
+                        return
+                    # The next reply of its conversation may have been waiting for this one.
+                    reply = await self.delivery.ack_and_next(reply)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("%s delivery loop failed; restarting it", platform)
-                await asyncio.sleep(2)
+                log.exception("delivering the reply of job %s failed", reply.job_id if reply else None)
+            finally:
+                slots.release()
+
+        try:
+            while True:
+                try:
+                    async for reply in self.replies(platform):
+                        await slots.acquire()
+                        task = asyncio.create_task(deliver(reply))
+                        sending.add(task)
+                        task.add_done_callback(sending.discard)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s delivery loop failed; restarting it", platform)
+                    await asyncio.sleep(2)
+        finally:
+            for task in sending:
+                task.cancel()
 
     async def take_reply(self, job_id: int) -> Reply | None:
         """Claim and acknowledge the reply of one finished turn (for a frontend that waits

@@ -25,7 +25,8 @@ from storage import repo
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8  # a reply the platform refused this often is given up, with a log line
-BATCH = 8  # replies leased at once by one frontend (one per conversation)
+BATCH = 8  # replies leased at once by one frontend (one per conversation): each lease runs
+# while the frontend sends those before it, so a batch must go out well within the lease
 
 
 class Delivery:
@@ -41,8 +42,9 @@ class Delivery:
 
         First the backlog (one reply per conversation, oldest first), then live ones as
         workers announce them; a sweep of SQL every ``sweep_s`` catches announcements lost
-        on the way and replies whose lease ended. After a batch, the backlog is read again
-        at once: acknowledging a reply makes the next one of its conversation due.
+        on the way, replies whose lease ended, and replies that became due when the one
+        before them in their conversation was acknowledged (:meth:`ack_and_next` finds
+        those at once).
         """
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(events.channel(self.namespace, platform))
@@ -51,37 +53,54 @@ class Delivery:
                 batch = await asyncio.to_thread(self._claim_backlog, platform)
                 for reply in batch:
                     yield reply
-                if batch:
-                    continue
-                deadline = asyncio.get_running_loop().time() + sweep_s
-                while (left := deadline - asyncio.get_running_loop().time()) > 0:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-                    event = Event.decode(message["data"]) if message else None
-                    if event and event.state in FINAL_STATES:
-                        reply = await asyncio.to_thread(self._claim_one, event.job_id)
-                        if reply is not None:
-                            yield reply
-                            break  # its successor may be due: read the backlog again
+                if len(batch) == BATCH:
+                    continue  # more may be waiting
+                await self._finished_one(pubsub, sweep_s)
         finally:
             await pubsub.aclose()
 
+    async def _finished_one(self, pubsub, timeout_s: float) -> None:
+        """Wait until a worker announces a finished turn (or ``timeout_s`` passes), then
+        take every announcement already here: under load, many finished turns cost one
+        read of the backlog, not one each."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        finished = False
+        while not finished and (left := deadline - loop.time()) > 0:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+            while message is not None:
+                event = Event.decode(message["data"])
+                finished = finished or (event is not None and event.state in FINAL_STATES)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+
     def _claim_backlog(self, platform: str) -> list[Reply]:
-        out = []
+        """Lease up to ``BATCH`` replies that may be offered now (one per conversation),
+        in one statement, and read them."""
         with self.sessions() as session:
-            # A few at a time: each lease runs while the frontend sends those before it.
-            for job in repo.undelivered_jobs(session=session, platform=platform, limit=BATCH):
-                reply = self._lease(session, job)
-                if reply is not None:
-                    out.append(reply)
+            jobs = repo.undelivered_jobs(session=session, platform=platform, limit=BATCH)
+            attempts = {job.id: job.delivery_attempts for job in jobs}  # the counts before this claim
+            leased = repo.claim_deliveries(session=session, job_ids=list(attempts), lease_s=self.lease_s)
+            session.commit()
+            out = []
+            for job in jobs:
+                if job.id in leased:
+                    reply = self._offer(session, job, attempts[job.id])
+                    if reply is not None:
+                        out.append(reply)
         return out
 
     def _lease(self, session: Session, job) -> Reply | None:
+        attempts = job.delivery_attempts  # the count before this claim
         if not repo.claim_delivery(session=session, job_id=job.id, lease_s=self.lease_s):
             session.rollback()
             return None
         session.commit()
-        if job.delivery_attempts >= MAX_ATTEMPTS:  # the count before this claim
-            log.error("giving up the reply of job %s after %d failed deliveries", job.id, job.delivery_attempts)
+        return self._offer(session, job, attempts)
+
+    def _offer(self, session: Session, job, attempts: int) -> Reply | None:
+        """The reply of leased ``job``, or None when it failed to go out too often."""
+        if attempts >= MAX_ATTEMPTS:
+            log.error("giving up the reply of job %s after %d failed deliveries", job.id, attempts)
             repo.ack_delivery(session=session, job_id=job.id)
             session.commit()
             return None
@@ -122,11 +141,26 @@ class Delivery:
     def _ack(self, job_id: int, platform_message_id: str | None) -> None:
         with self.sessions() as session:
             repo.ack_delivery(session=session, job_id=job_id)
-            job = repo.get_job(session=session, job_id=job_id)
-            if platform_message_id and job is not None and job.reply_message_id is not None:
+            job = repo.get_job(session=session, job_id=job_id) if platform_message_id else None
+            if job is not None and job.reply_message_id is not None:
                 repo.set_platform_message_id(session=session, message_id=job.reply_message_id,
                                              platform_message_id=platform_message_id)
             session.commit()
+
+    async def ack_and_next(self, reply: Reply) -> Reply | None:
+        """:meth:`ack` ``reply``, and lease the next reply of its conversation if that one
+        is due now (it finished while ``reply`` was out, and its announcement was passed
+        over), in one transaction."""
+        if reply.job_id is None:
+            return None
+        return await asyncio.to_thread(self._ack_and_next, reply.job_id)
+
+    def _ack_and_next(self, job_id: int) -> Reply | None:
+        with self.sessions() as session:
+            repo.ack_delivery(session=session, job_id=job_id)
+            job = repo.following_undelivered(session=session, job_id=job_id)
+            session.commit()  # acknowledged for good, whatever becomes of the lease below
+            return self._lease(session, job) if job is not None else None
 
     async def release(self, reply: Reply) -> None:
         """Sending ``reply`` failed: offer it again after a short, growing pause."""

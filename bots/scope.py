@@ -24,6 +24,12 @@ def scope_key(where: Where, user_id: str, scope: Scope) -> str:
     return f"{channel}:u{user_id}"
 
 
+def space_prefix(where: Where) -> str | None:
+    """What the keys of every conversation in ``where``'s space start with (None in a
+    direct chat)."""
+    return None if where.space_id is None else f"g{where.space_id}:"
+
+
 def may_join(key: str, where: Where, user_id: str) -> bool:
     """Whether ``user_id`` may continue conversation ``key`` (by replying to the bot):
     a shared one of the same space yes; someone else's per-user or direct one never."""

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -29,7 +30,7 @@ def bench_queue(settings: Settings, *, turns: int, concurrency: list[int]) -> in
 
     ns = f"{settings.namespace}bench{uuid.uuid4().hex[:8]}"
     settings = settings.model_copy(update={"namespace": ns, "engine": "echo", "stream_interval_s": 60.0,
-                                        "rate_limit_turns": 0})
+                                        "rate_limit_turns": 0, "user_max_pending": 0, "space_max_pending": 0})
     server = None
     url = settings.redis_url
     if not url:
@@ -123,9 +124,22 @@ async def _raw_round_trips(settings: Settings, url: str, n: int, turns: int, tim
         await redis.aclose()
 
 
+@dataclass(frozen=True)
+class Run:
+    latencies_ms: list[float]  # each turn, from handing it to the core to its delivery
+    wall_s: float  # the first turn's start to the last one's delivery
+
+
 async def _qvl_turns(settings: Settings, url: str, n: int, turns: int) -> list[float]:
+    return (await run_conversations(settings.model_copy(update={"redis_url": url}), n, turns)).latencies_ms
+
+
+async def run_conversations(settings: Settings, n: int, turns: int) -> Run:
+    """``n`` conversations at once, asking ``turns`` turns in all (each its share, one
+    after another) through a core and its delivery loop, as a frontend would."""
     from bots.core import Core
 
+    url = settings.redis_url
     core = Core(settings, redis_url_=url)
     platform = f"bench{uuid.uuid4().hex[:6]}"
     waiting: dict[int, asyncio.Future] = {}
@@ -158,8 +172,10 @@ async def _qvl_turns(settings: Settings, url: str, n: int, turns: int) -> list[f
     delivery = asyncio.create_task(deliver())
     await asyncio.sleep(0.1)
     try:
-        async with asyncio.timeout(300):
-            return await _conversations(n, turns, one)
+        async with asyncio.timeout(600):
+            started = time.perf_counter()
+            latencies = await _conversations(n, turns, one)
+            return Run(latencies, time.perf_counter() - started)
     finally:
         delivery.cancel()
         await core.close()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -91,13 +91,13 @@ def _message_by_platform_id(
     ).one_or_none()
 
 
+_FIND_TURN = (select(Job).join(Message, Message.id == Job.message_id)
+              .where(Message.platform == bindparam("platform"), Message.platform_message_id == bindparam("pmid")))
+
+
 def find_turn(*, session: Session, platform: str, platform_message_id: str) -> Job | None:
     """Return the job of the user turn recorded for this platform message, or None."""
-    return session.scalars(
-        select(Job)
-        .join(Message, Message.id == Job.message_id)
-        .where(Message.platform == platform, Message.platform_message_id == platform_message_id)
-    ).one_or_none()
+    return session.scalars(_FIND_TURN, {"platform": platform, "pmid": platform_message_id}).one_or_none()
 
 
 def _job_for_message(session: Session, message_id: int) -> Job:
@@ -206,27 +206,37 @@ def context_messages(
     )
     if floor is None:
         raise LookupError(f"no conversation {conversation_id}")
+    found = session.scalars(_CONTEXT, {"conversation_id": conversation_id, "floor": floor,
+                                       "up_to": up_to_message_id, "limit": max_messages}).all()
+    return list(reversed(found))
+
+
+def _context_query():
+    """The statement behind :func:`context_messages`, built once (its parameters bound)."""
     abandoned = exists().where(
         Job.message_id == Message.id, Job.status.in_((JobState.FAILED, JobState.CANCELLED))
     )
     turn = func.coalesce(Message.in_reply_to, Message.id)  # the user message a message belongs to
+    up_to = bindparam("up_to")
     kept = and_(
-        turn > floor,
+        turn > bindparam("floor"),
         Message.status != "failed",
         ~and_(Message.role == "user", abandoned),
     )
-    query = (
+    return (
         select(Message)
         .where(
-            Message.conversation_id == conversation_id,
-            or_(and_(Message.role == "user", Message.id <= up_to_message_id),
-                and_(Message.role == "assistant", Message.in_reply_to < up_to_message_id)),
-            or_(Message.id == up_to_message_id, kept),
+            Message.conversation_id == bindparam("conversation_id"),
+            or_(and_(Message.role == "user", Message.id <= up_to),
+                and_(Message.role == "assistant", Message.in_reply_to < up_to)),
+            or_(Message.id == up_to, kept),
         )
         .order_by(turn.desc(), Message.role.asc())  # newest turn first, its answer before it
-        .limit(max_messages)
+        .limit(bindparam("limit"))
     )
-    return list(reversed(session.scalars(query).all()))
+
+
+_CONTEXT = _context_query()
 
 
 def get_job(*, session: Session, job_id: int) -> Job | None:
@@ -239,13 +249,13 @@ def get_message(*, session: Session, message_id: int) -> Message | None:
     return session.get(Message, message_id)
 
 
+_LOCK_JOB = (select(Job).where(Job.id == bindparam("job_id"))
+             .with_for_update(of=Job)  # PostgreSQL refuses FOR UPDATE on the outer-joined reply
+             .execution_options(populate_existing=True))
+
+
 def _lock_job(session: Session, job_id: int) -> Job:
-    job = session.scalars(
-        select(Job)
-        .where(Job.id == job_id)
-        .with_for_update(of=Job)  # PostgreSQL refuses FOR UPDATE on the outer-joined reply
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    job = session.scalars(_LOCK_JOB, {"job_id": job_id}).one_or_none()
     if job is None:
         raise LookupError(f"no job {job_id}")
     return job
@@ -254,11 +264,29 @@ def _lock_job(session: Session, job_id: int) -> Job:
 _UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
 
 
+# Built once: constructing an aliased correlated EXISTS costs more CPU than running it,
+# and these clauses are in the hot path of every turn.
+_EARLIER = aliased(Job, name="earlier")
+_EARLIER_UNFINISHED = exists().where(_EARLIER.conversation_id == Job.conversation_id, _EARLIER.id < Job.id,
+                                     _EARLIER.status.in_(_UNFINISHED))
+_EARLIER_UNDELIVERED = exists().where(_EARLIER.conversation_id == Job.conversation_id, _EARLIER.id < Job.id,
+                                      _EARLIER.delivered_at.is_(None), _EARLIER.status != JobState.CANCELLED)
+
+
 def _earlier_unfinished():
     """An earlier job of the same conversation that is not finished yet (SQL clause)."""
-    earlier = aliased(Job)
-    return exists().where(earlier.conversation_id == Job.conversation_id, earlier.id < Job.id,
-                          earlier.status.in_(_UNFINISHED))
+    return _EARLIER_UNFINISHED
+
+
+_WAITING = select(exists().where(_EARLIER.conversation_id == bindparam("conversation_id"),
+                                 _EARLIER.id < bindparam("job_id"), _EARLIER.status.in_(_UNFINISHED)))
+_IS_NEXT = select(exists().where(Job.id == bindparam("job_id"), Job.status.in_(_UNFINISHED), ~_EARLIER_UNFINISHED))
+_NEXT_UNFINISHED = (select(Job).where(Job.conversation_id == bindparam("conversation_id"),
+                                      Job.status.in_(_UNFINISHED)).order_by(Job.id).limit(1))
+_DISPATCHED = (update(Job).where(Job.id.in_(bindparam("ids", expanding=True)))
+               .values(dispatched_at=bindparam("now")).execution_options(synchronize_session=False))
+_HEARTBEAT = (update(Job).where(Job.id == bindparam("job_id"), Job.status == JobState.RUNNING)
+              .values(heartbeat_at=bindparam("now")).execution_options(synchronize_session=False))
 
 
 def start_job(*, session: Session, job_id: int, engine: str, stale_before: datetime | None = None) -> Job | None:
@@ -277,8 +305,7 @@ def start_job(*, session: Session, job_id: int, engine: str, stale_before: datet
     alive = job.heartbeat_at or job.started_at
     if job.status == JobState.RUNNING and stale_before is not None and alive and alive > stale_before:
         return None
-    waiting = session.scalar(select(exists().where(
-        Job.conversation_id == job.conversation_id, Job.id < job.id, Job.status.in_(_UNFINISHED))))
+    waiting = session.scalar(_WAITING, {"conversation_id": job.conversation_id, "job_id": job.id})
     if waiting:
         return None
     now = utcnow()
@@ -292,27 +319,53 @@ def start_job(*, session: Session, job_id: int, engine: str, stale_before: datet
 
 def heartbeat(*, session: Session, job_id: int) -> None:
     """Record that the worker running ``job_id`` is alive."""
-    session.execute(update(Job).where(Job.id == job_id, Job.status == JobState.RUNNING)
-                    .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+    session.execute(_HEARTBEAT, {"job_id": job_id, "now": utcnow()})
 
 
 def mark_dispatched(*, session: Session, job_ids: Sequence[int]) -> None:
     """Record that these jobs were just sent to the queue."""
     if job_ids:
-        session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(dispatched_at=utcnow())
-                        .execution_options(synchronize_session=False))
+        session.execute(_DISPATCHED, {"ids": list(job_ids), "now": utcnow()})
 
 
 def is_next(*, session: Session, job_id: int) -> bool:
     """Whether ``job_id`` is unfinished and the oldest unfinished turn of its conversation."""
-    return bool(session.scalar(select(exists().where(
-        Job.id == job_id, Job.status.in_(_UNFINISHED), ~_earlier_unfinished()))))
+    return bool(session.scalar(_IS_NEXT, {"job_id": job_id}))
+
+
+_DISPATCH_IF_NEXT = (update(Job).where(Job.id == bindparam("job_id"), Job.status == JobState.QUEUED,
+                                       ~_EARLIER_UNFINISHED)
+                     .values(dispatched_at=bindparam("now")).returning(Job.id)
+                     .execution_options(synchronize_session=False))
+
+
+_PENDING_USER = (select(func.count(Job.id)).join(Message, Message.id == Job.message_id)
+                 .where(Job.status.in_(_UNFINISHED), Job.platform == bindparam("platform"),
+                        Message.user_id == bindparam("user_id")))
+_PENDING_SPACE = (select(func.count(Job.id)).join(Conversation, Conversation.id == Job.conversation_id)
+                  .where(Job.status.in_(_UNFINISHED), Job.platform == bindparam("platform"),
+                         Conversation.scope_key.like(bindparam("pattern"), escape="/")))
+
+
+def pending_turns(*, session: Session, platform: str, user_id: str | None,
+                  scope_prefix: str | None) -> tuple[int, int]:
+    """How many turns are queued or running: of ``user_id`` on ``platform``, and of the
+    conversations whose keys start with ``scope_prefix`` (a space's; 0 when None)."""
+    mine = session.scalar(_PENDING_USER, {"platform": platform, "user_id": user_id}) if user_id else 0
+    pattern = "".join("/" + c if c in "/%_" else c for c in scope_prefix or "") + "%"
+    space = session.scalar(_PENDING_SPACE, {"platform": platform, "pattern": pattern}) if scope_prefix else 0
+    return mine or 0, space or 0
+
+
+def dispatch_if_next(*, session: Session, job_id: int) -> bool:
+    """Record ``job_id`` as sent, in one statement, if it is queued and its conversation's
+    oldest unfinished turn; return whether it was (then the caller sends it after commit)."""
+    return session.execute(_DISPATCH_IF_NEXT, {"job_id": job_id, "now": utcnow()}).first() is not None
 
 
 def next_queued(*, session: Session, conversation_id: int) -> Job | None:
     """The conversation's oldest unfinished job if it is queued (the one to send next)."""
-    job = session.scalars(select(Job).where(Job.conversation_id == conversation_id,
-                                            Job.status.in_(_UNFINISHED)).order_by(Job.id).limit(1)).first()
+    job = session.scalars(_NEXT_UNFINISHED, {"conversation_id": conversation_id}).first()
     return job if job is not None and job.status == JobState.QUEUED else None
 
 
@@ -401,9 +454,7 @@ def queue_position(*, session: Session, job_id: int) -> int | None:
 
 
 def _earlier_undelivered():
-    earlier = aliased(Job)
-    return exists().where(earlier.conversation_id == Job.conversation_id, earlier.id < Job.id,
-                          earlier.delivered_at.is_(None), earlier.status != JobState.CANCELLED)
+    return _EARLIER_UNDELIVERED
 
 
 def _offerable(now: datetime):
@@ -413,12 +464,41 @@ def _offerable(now: datetime):
                 or_(Job.lease_until.is_(None), Job.lease_until < now), ~_earlier_undelivered())
 
 
+# The delivery path's statements, built once with their parameters bound: building and
+# hashing a statement of this size costs more CPU than PostgreSQL spends running it.
+_OFFERABLE = _offerable(bindparam("now"))
+_UNDELIVERED = (select(Job).where(Job.platform == bindparam("platform"), _OFFERABLE)
+                .order_by(Job.finished_at, Job.id).limit(bindparam("limit")))
+_FOLLOWING = (select(Job).where(
+    Job.conversation_id == select(_EARLIER.conversation_id).where(_EARLIER.id == bindparam("job_id"))
+    .scalar_subquery(), Job.id > bindparam("job_id"), _OFFERABLE).order_by(Job.id).limit(1))
+_CLAIM = (update(Job).where(Job.id.in_(bindparam("ids", expanding=True)), _OFFERABLE)
+          .values(lease_until=bindparam("until"), delivery_attempts=Job.delivery_attempts + 1)
+          .returning(Job.id).execution_options(synchronize_session=False))
+
+
 def undelivered_jobs(*, session: Session, platform: str, limit: int = 50) -> list[Job]:
     """Finished jobs of ``platform`` whose reply may be offered now, at most one per
     conversation, oldest first."""
-    query = (select(Job).where(Job.platform == platform, _offerable(utcnow()))
-             .order_by(Job.finished_at, Job.id).limit(limit))
-    return list(session.scalars(query).all())
+    return list(session.scalars(_UNDELIVERED, {"platform": platform, "now": utcnow(), "limit": limit}).all())
+
+
+def following_undelivered(*, session: Session, job_id: int) -> Job | None:
+    """The reply of ``job_id``'s conversation that may be offered now, if any (after
+    ``job_id``'s own was acknowledged, the next one of its conversation may be due)."""
+    return session.scalars(_FOLLOWING, {"job_id": job_id, "now": utcnow()}).first()
+
+
+def claim_deliveries(*, session: Session, job_ids: Sequence[int], lease_s: float) -> set[int]:
+    """Lease the replies of ``job_ids`` to the caller for ``lease_s`` seconds, in one
+    statement; return the ids leased (each to exactly one caller, across processes, and
+    only while it may be offered: see :func:`undelivered_jobs`). Commit at once."""
+    if not job_ids:
+        return set()
+    now = utcnow()
+    result = session.execute(_CLAIM, {"ids": list(job_ids), "now": now,
+                                      "until": now + timedelta(seconds=lease_s)})
+    return set(result.scalars().all())
 
 
 def claim_delivery(*, session: Session, job_id: int, lease_s: float) -> bool:
@@ -426,14 +506,7 @@ def claim_delivery(*, session: Session, job_id: int, lease_s: float) -> bool:
     caller, even across processes, and only while the reply may be offered (see
     :func:`undelivered_jobs`). Commit at once; acknowledge with :func:`ack_delivery`
     once the platform accepted it, or it is offered again when the lease ends."""
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, _offerable(now))
-        .values(lease_until=now + timedelta(seconds=lease_s), delivery_attempts=Job.delivery_attempts + 1)
-        .execution_options(synchronize_session="fetch")
-    )
-    return result.rowcount == 1
+    return claim_deliveries(session=session, job_ids=[job_id], lease_s=lease_s) == {job_id}
 
 
 def ack_delivery(*, session: Session, job_id: int) -> None:

@@ -42,7 +42,8 @@ SLOW_ENGINE = "tests.slow_engine:SlowEngine"
 
 # Short knobs, so that lost workers, lost messages and lost leases are noticed in seconds.
 CHAOS_KNOBS = dict(heartbeat_s=0.5, worker_lost_s=3.0, redispatch_s=1.5, reconcile_interval_s=1.0,
-                   delivery_lease_s=3.0, max_attempts=20, rate_limit_turns=0, stream_interval_s=0.5)
+                   delivery_lease_s=3.0, max_attempts=20, rate_limit_turns=0, stream_interval_s=0.5,
+                   user_max_pending=0, space_max_pending=0)
 
 log = logging.getLogger("chaos")
 

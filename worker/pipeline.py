@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
@@ -50,6 +51,11 @@ class Runtime:
                              decode_s=settings.image_decode_s)
         self.engine_label = f"{engine_and_family(settings)[0]}:{settings.model}"[:64]
 
+    def coming(self):
+        """The engine's :meth:`~worker.engines.base.Engine.coming`, once it is loaded (the
+        first turn loads it inside the turn, where a failure to load is the turn's error)."""
+        return self._engine.coming() if self._engine is not None else contextlib.nullcontext()
+
     @property
     def engine(self) -> Engine:
         if self._engine is None:  # loaded on the first turn, in the process that serves it
@@ -74,6 +80,11 @@ def run(job_id: int, rt: Runtime) -> str:
     the reconciler this worker is alive. When it ends, the conversation's next turn is
     sent. A turn tried ``max_attempts`` times (its workers died) fails for good.
     """
+    with rt.coming():  # a batching engine waits a moment for this turn
+        return _run(job_id, rt)
+
+
+def _run(job_id: int, rt: Runtime) -> str:
     settings = rt.settings
     with rt.sessions() as session:
         stale = utcnow() - timedelta(seconds=settings.worker_lost_s)
@@ -88,37 +99,43 @@ def run(job_id: int, rt: Runtime) -> str:
         session.commit()
     if attempts > settings.max_attempts:
         log.error("job %s: given up after %s attempts whose workers died", job_id, attempts - 1)
-        return _end(rt, conversation, _fail(rt, platform, job_id, say("too_many_attempts", language)))
+        return _fail(rt, platform, job_id, conversation, say("too_many_attempts", language))
     _publish(rt, platform, job_id, JobState.RUNNING)
     try:
         with _Heartbeat(rt, job_id):
-            _answer(job_id, rt, turns, blobs, _streamer(rt, platform, job_id))
+            following = _answer(job_id, rt, turns, blobs, _streamer(rt, platform, job_id))
     except UserFacingError as exc:  # engines' and pictures' errors: the user reads them
         cause = exc.__cause__
         log.warning("job %s failed: %s%s", job_id, exc.message,
                     f" (cause: {type(cause).__name__}: {cause})" if cause else "")
-        return _end(rt, conversation, _fail(rt, platform, job_id, exc.text(language)))
+        return _fail(rt, platform, job_id, conversation, exc.text(language))
     except Exception:
         log.exception("job %s crashed", job_id)
-        return _end(rt, conversation, _fail(rt, platform, job_id, say("sorry", language)))
+        return _fail(rt, platform, job_id, conversation, say("sorry", language))
     rt.redis.delete(events.partial_key(settings.namespace, job_id))
     _publish(rt, platform, job_id, JobState.DONE)
-    return _end(rt, conversation, "done")
+    _send_next(rt, following)
+    return "done"
 
 
-def _end(rt: Runtime, conversation_id: int, state: str) -> str:
-    """Send the conversation's next turn, now that this one is over; return ``state``."""
+def _next_turn(session, conversation_id: int) -> int | None:
+    """In the transaction that ends a turn: the conversation's next turn, marked sent
+    (committed with the end, so the reconciler does not also send it at once)."""
+    following = repo.next_queued(session=session, conversation_id=conversation_id)
+    if following is None:
+        return None
+    repo.mark_dispatched(session=session, job_ids=[following.id])
+    return following.id
+
+
+def _send_next(rt: Runtime, job_id: int | None) -> None:
+    """Send the conversation's next turn, now that this one is over."""
+    if job_id is None:
+        return
     try:
-        with rt.sessions() as session:
-            following = repo.next_queued(session=session, conversation_id=conversation_id)
-            if following is not None:
-                repo.mark_dispatched(session=session, job_ids=[following.id])
-            session.commit()
-        if following is not None:
-            send_turns(rt.celery, rt.settings, [following.id])
+        send_turns(rt.celery, rt.settings, [job_id])
     except Exception:  # the reconciler sends it if this did not
-        log.warning("could not send the next turn of conversation %s", conversation_id, exc_info=True)
-    return state
+        log.warning("could not send job %s, the next turn of its conversation", job_id, exc_info=True)
 
 
 class _Heartbeat:
@@ -166,7 +183,8 @@ def _load_context(session, job, settings: Settings) -> tuple[list[StoredTurn], d
 
 
 def _answer(job_id: int, rt: Runtime, turns: list[StoredTurn], blobs: dict,
-            on_text: Callable[[str], None]) -> None:
+            on_text: Callable[[str], None]) -> int | None:
+    """Answer the turn and store the answer; return the conversation's next turn, if due."""
     settings = rt.settings
     images = _decode_all(blobs, current=turns[-1].images, limits=rt.limits)
     engine = rt.engine
@@ -180,8 +198,10 @@ def _answer(job_id: int, rt: Runtime, turns: list[StoredTurn], blobs: dict,
                          store=lambda data, size: repo.put_image(
                              session=session, data=data, mime="image/jpeg",
                              width=size[0], height=size[1]).sha256)
-        repo.finish_job(session=session, job_id=job_id, parts=parts)
+        answer = repo.finish_job(session=session, job_id=job_id, parts=parts)
+        following = _next_turn(session, answer.conversation_id)
         session.commit()
+    return following
 
 
 def _stored(message) -> StoredTurn:
@@ -246,12 +266,14 @@ def annotate(raw: str, engine: Engine, *, pictures: list[str], images: dict[str,
     return parts
 
 
-def _fail(rt: Runtime, platform: str, job_id: int, message: str) -> str:
+def _fail(rt: Runtime, platform: str, job_id: int, conversation_id: int, message: str) -> str:
     with rt.sessions() as session:
         repo.fail_job(session=session, job_id=job_id, error=message)
+        following = _next_turn(session, conversation_id)
         session.commit()
     rt.redis.delete(events.partial_key(rt.settings.namespace, job_id))
     _publish(rt, platform, job_id, JobState.FAILED)
+    _send_next(rt, following)
     return "failed"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -43,6 +44,11 @@ class Engine(ABC):
         ``on_text`` is called with the text generated so far, as it grows.
         Raises :class:`EngineError` for failures the user should be told about.
         """
+
+    def coming(self) -> contextlib.AbstractContextManager:
+        """Entered for the whole of a turn on its worker thread, before its context is read:
+        a batching engine waits a moment for turns on their way. Others ignore it."""
+        return contextlib.nullcontext()
 
     def count_tokens(self, text: str) -> int:
         """Roughly how many tokens ``text`` costs; engines with a tokenizer do better."""

@@ -15,15 +15,18 @@ takes token ids only); vLLM and SGLang do continuous batching behind the openai 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+GATHER_MAX_S = 0.25  # the longest an idle model waits for announced turns before it starts
 
 
 @dataclass(eq=False)
@@ -69,10 +72,32 @@ class Batcher:
         self._waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._coming = 0  # turns announced (`coming`) and not yet submitted
+        self._local = threading.local()
         self.sizes: list[int] = []  # the size of each batch run so far (for tests and logs)
+
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Announce, for the span of a turn on this thread, that a request is on its way
+        (the turn is reading its context): a batch about to start waits for it, up to
+        ``GATHER_MAX_S``, instead of leaving it for the next batch."""
+        with self._lock:
+            self._coming += 1
+        self._local.announced = True
+        try:
+            yield
+        finally:
+            self._withdraw()
+
+    def _withdraw(self) -> None:
+        if getattr(self._local, "announced", False):
+            self._local.announced = False
+            with self._lock:
+                self._coming -= 1
 
     def submit(self, request: Request) -> Request:
         """Queue ``request`` for the next batch; read its ``tokens`` for the answer."""
+        self._withdraw()  # it has arrived
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="qvl-batcher", daemon=True)
@@ -112,13 +137,21 @@ class Batcher:
         if first is None:
             return None
         batch = [first] if not first.cancel.is_set() else []
-        deadline = time.monotonic() + self.wait_s  # an idle model waits a moment for company
+        # An idle model waits a moment for company: ``wait_s`` after the latest arrival, and
+        # as long as turns it was told of are still on their way (`coming`), up to
+        # GATHER_MAX_S: a crowd's turns reach the engine some milliseconds apart.
+        start = last = time.monotonic()
         while len(batch) < self.max_size:
-            try:
-                left = deadline - time.monotonic()
-                request = self._waiting.get(timeout=left) if left > 0 else self._waiting.get_nowait()
-            except queue.Empty:
+            now = time.monotonic()
+            with self._lock:
+                expected = self._coming > 0
+            until = start + GATHER_MAX_S if expected else last + self.wait_s
+            if now >= min(until, start + GATHER_MAX_S):
                 break
+            try:
+                request = self._waiting.get(timeout=min(0.005, until - now))
+            except queue.Empty:
+                continue
             if request is None:
                 self._waiting.put(None)  # stop after this batch
                 break
@@ -126,6 +159,7 @@ class Batcher:
                 request.end()
             else:
                 batch.append(request)
+                last = time.monotonic()
         if first.cancel.is_set():
             first.end()
         return batch

@@ -10,6 +10,7 @@ import copy
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ GROUNDING_TOKENS = (
 # Where an answer ends. <|im_start|> too: a model that opens a new turn has
 # finished its own and must not speak for the user.
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
+STREAM_EVERY_S = 0.02  # the least time between two partial answers handed to on_text
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -159,6 +161,10 @@ class TransformersEngine(Engine):
             raise _engine_error(request.error, self.device)
         return answer
 
+    def coming(self):
+        """A turn is on its way to :meth:`generate`: the next batch waits for it a moment."""
+        return self._batcher.coming()
+
     def _run_batch(self, requests: list[Request]) -> None:
         """Generate for ``requests`` in one padded ``generate`` (on the batcher's thread)."""
         inputs = requests[0].inputs if len(requests) == 1 else collate(
@@ -178,6 +184,7 @@ class TransformersEngine(Engine):
         ids: list[int] = []
         shown: str | None = None
         finished = False
+        decoded_at = 0.0
         while not finished:
             batch = [ids_queue.get()]
             while not ids_queue.empty():  # on_text was slow: catch up in one call
@@ -187,9 +194,14 @@ class TransformersEngine(Engine):
                     finished = True
                     break
                 ids.extend(item)
+            # Decoding the whole answer at every token costs more than a small model's step,
+            # and a crowd's answers are decoded side by side: at most every STREAM_EVERY_S.
+            if not on_text or finished or (shown is not None and time.monotonic() - decoded_at < STREAM_EVERY_S):
+                continue
             text = self.decode(ids)
+            decoded_at = time.monotonic()
             # A byte-level token can end inside a UTF-8 character: wait for the rest.
-            if on_text and text and text != shown and not text.endswith("\ufffd"):
+            if text and text != shown and not text.endswith("\ufffd"):
                 on_text(text)
                 shown = text
         answer = self.decode(ids)
