@@ -30,6 +30,8 @@ def policy_for(settings: Settings, platform: str) -> Policy:
                       roles=settings.discord_allowed_roles)
     if platform == "wechat":
         return Policy(spaces=settings.wechat_rooms, admins=settings.wechat_admins)
+    if platform == "wecom":
+        return Policy(spaces=settings.wecom_groups, admins=settings.wecom_admins)
     return Policy()
 
 

@@ -105,7 +105,7 @@ def _data_dir() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bots.health",
                                      description="Exit 0 if the frontend of PLATFORM is connected.")
-    parser.add_argument("platform", help="discord or wechat")
+    parser.add_argument("platform", help="discord, wecom or wechat")
     parser.add_argument("--max-age", type=float, default=MAX_AGE_S, metavar="SECONDS",
                         help=f"the oldest mark that counts (default {MAX_AGE_S:g})")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: the settings' data_dir")
