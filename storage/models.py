@@ -227,3 +227,21 @@ class SpaceSettings(Base):
     space_id: Mapped[str] = mapped_column(String(128))
     values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """A key the operator handed out for the web page and the OpenAI-compatible API.
+
+    Only the SHA-256 of the secret is stored (the secret is 256 random bits: no slow hash
+    is needed); ``prefix`` is its first characters, for ``qvl keys list``.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    rate_limit: Mapped[int | None] = mapped_column(Integer)  # turns per window; None: the setting's
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
