@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     wechat = sub.add_parser("wechat", help="run the WeChat frontend only (needs WECHATY_PUPPET_SERVICE_ENDPOINT)")
     wechat.set_defaults(func=cmd_wechat)
 
+    wecom = sub.add_parser("wecom", help="run the WeCom frontend only (needs WECOM_BOT_ID, WECOM_BOT_SECRET)")
+    wecom.set_defaults(func=cmd_wecom)
+
     web = sub.add_parser("web", help="run the web page and the OpenAI-compatible API only (QVL_WEB_HOST:QVL_WEB_PORT)")
     web.set_defaults(func=cmd_web)
 
@@ -118,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     queue.add_argument("--turns", type=int, default=200, help="turns per measurement")
     queue.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     queue.set_defaults(func=cmd_bench_queue)
+    serve = bench.add_parser("serve", help="many conversations at once through one worker (openai or transformers)")
+    serve.add_argument("--engine", choices=["openai", "transformers"], default="openai")
+    serve.add_argument("--conversations", type=int, nargs="+", help="default: openai 1 8 32 64, transformers 2 4 8 16")
+    serve.add_argument("--turns", type=int, default=None, help="turns per conversation (default: openai 3, transformers 1)")
+    serve.add_argument("--latency", type=float, default=1.0, help="openai: the stand-in server's seconds per answer")
+    serve.add_argument("--tokens", type=int, default=64, help="transformers: tokens in every answer")
+    serve.set_defaults(func=cmd_bench_serve)
     return parser
 
 
@@ -275,6 +285,22 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wecom(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from qvl.queue import checked_redis_url
+    from qvl.settings import Settings
+
+    settings = Settings()
+    url = checked_redis_url(settings)  # in seconds, naming REDIS_URL, before connecting to WeCom
+    try:
+        from bots.wecom.bot import run
+    except ImportError as exc:
+        raise UserFacingError(f"the WeCom frontend cannot be loaded ({exc}): pip install -e '.[wecom]'") from exc
+    asyncio.run(run(settings, redis_url=url))
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -347,6 +373,17 @@ def cmd_bench_queue(args: argparse.Namespace) -> int:
     from qvl.settings import Settings
 
     return bench_queue(Settings(), turns=args.turns, concurrency=args.concurrency)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from cli.bench_serve import bench_serve
+    from qvl.settings import Settings
+
+    openai = args.engine == "openai"
+    conversations = args.conversations or ([1, 8, 32, 64] if openai else [2, 4, 8, 16])
+    turns = args.turns or (3 if openai else 1)
+    return bench_serve(Settings(), engine=args.engine, conversations=conversations, turns=turns,
+                       latency_s=args.latency, tokens=args.tokens)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ MESSAGES: dict[str, dict[str, str]] = {
                         "zh": "图片太大（上限 {mb} MB）。"},
     "rate_limited": {"en": "You are sending questions too fast: please wait {s} s.",
                      "zh": "提问太频繁了，请 {s} 秒后再试。"},
+    "over_share_user": {"en": "You already have {n} question(s) waiting for an answer: please wait for them "
+                                "before asking more.",
+                        "zh": "你已有 {n} 个问题在等待回答，请等回答后再问。"},
+    "over_share_space": {"en": "This server or group already has {n} questions waiting: please ask again in a "
+                                 "moment.",
+                         "zh": "本群已有 {n} 个问题在排队，请稍后再问。"},
     "busy": {"en": "Sorry, I could not queue that just now. Please try again in a moment.",
              "zh": "抱歉，暂时无法处理，请稍后再试。"},
     "not_allowed": {"en": "I am not enabled in this channel.", "zh": "本群未开启机器人。"},
@@ -53,6 +59,11 @@ MESSAGES: dict[str, dict[str, str]] = {
                             "Please send a shorter one.",
                       "zh": "消息太长了（{n} 个字符，上限 {limit} 个），请发短一点。"},
     "queued": {"en": "⏳ Queued: {ahead} question(s) ahead of yours.", "zh": "⏳ 排队中：前面还有 {ahead} 个问题。"},
+    # WeCom (bots/wecom/)
+    "thinking": {"en": "⏳ Thinking…", "zh": "⏳ 思考中…"},
+    "picture_late": {"en": "(The picture with the boxes cannot follow: the answer came after WeCom's reply "
+                           "window closed. Ask again to get it.)",
+                     "zh": "（回答超出了企业微信的回复时限，画好框的图片无法附上，请重新提问获取。）"},
     # links (bots/fetch.py)
     "link_status": {"en": "That link answered {status}; I could not get the picture.",
                     "zh": "链接返回了 {status}，无法获取图片。"},

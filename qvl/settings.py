@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     wecom_ws_url: str = Field("wss://openws.work.weixin.qq.com", description="WeCom's long-connection address")
     wecom_ca_file: Path | None = Field(None, description="PEM certificates to trust besides the usual roots for "
                                                          "the long connection and picture downloads (a private gateway)")
+    wecom_scope: Scope = Field(Scope.USER, description="user (per user in a group) or shared (one per group); "
+                                                       "a group's admins can switch it with /scope")
     wecom_groups: Ids = Field(frozenset(), description="comma-separated group chat ids the bot serves (empty: any)")
     wecom_admins: Ids = Field(frozenset(), description="comma-separated user ids allowed admin commands (/scope)")
     wecom_private: bool = Field(True, description="answer every message in direct chats")
@@ -167,7 +169,7 @@ class Settings(BaseSettings):
         names = ", ".join(e.value for e in EngineKind)
         raise ValueError(f"unknown engine {value!r}: use {names} or package.module:Class")
 
-    @field_validator("wechat_scope", mode="before")
+    @field_validator("wechat_scope", "wecom_scope", mode="before")
     @classmethod
     def _scope(cls, value: object) -> object:
         return Scope.parse(value) or value if isinstance(value, str) else value

@@ -22,6 +22,18 @@ if ! ls /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc >/dev/null 2>&1 && command 
   fi
 fi
 
+# Chromium, for the web page's browser tests (Playwright drives the system's; its own download cannot work here).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "scripts/test.sh: installing the system package chromium (apt-get) for the web page's browser tests" >&2
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; } \
+      || echo "warning: could not install chromium; the web page tests will fail under CI" >&2
+  else
+    echo "note: install chromium for the web page tests (sudo apt-get install chromium)" >&2
+  fi
+fi
+
 # PostgreSQL and Redis on loopback, started when they are installed but stopped.
 if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true

@@ -12,6 +12,7 @@ from tests.fakes.discord_server import fake_discord  # noqa: F401
 from tests.fixtures.db import *  # noqa: F403
 from tests.fixtures.models import *  # noqa: F403
 from tests.fixtures.services import *  # noqa: F403
+from tests.fixtures.web import *  # noqa: F403
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker

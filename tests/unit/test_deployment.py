@@ -85,6 +85,8 @@ def test_every_long_running_service_restarts_and_has_a_healthcheck_that_means_so
             assert "redis-cli ping" in check
         elif image.startswith("postgres:"):
             assert "pg_isready" in check
+        elif image.startswith("vllm/vllm-openai:"):
+            assert "localhost:8000/health" in check  # the model is loaded and the server answers
         elif image.startswith("mher/flower:"):
             port = next(a for a in service["command"] if a.startswith("--port=")).split("=")[1]
             assert f"localhost:{port}/healthcheck" in check
@@ -92,7 +94,7 @@ def test_every_long_running_service_restarts_and_has_a_healthcheck_that_means_so
             # The ping names the node `qvl worker` starts (`-n qvl@<hostname>`) and goes through the broker.
             assert 'celery -A worker.main inspect ping -d "qvl@$(hostname)"' in check, name
             assert '"-n", f"qvl@{os.uname().nodename}"' in (ROOT / "cli/service.py").read_text()
-        elif command in ("qvl discord", "qvl wechat"):
+        elif command in ("qvl discord", "qvl wechat", "qvl wecom"):
             platform = command.split()[1]
             assert f"bots.health {platform}" in check, name
             dockerfile = _dockerfile_instruction(ROOT / service["build"]["dockerfile"], "HEALTHCHECK")
@@ -154,3 +156,18 @@ def test_every_image_copies_every_package_the_project_installs():
     for dockerfile in (ROOT / "docker").glob("*.Dockerfile"):
         copied = {line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("COPY ")}
         assert names <= copied, f"{dockerfile.name} does not copy {sorted(names - copied)}"
+
+
+def test_the_vllm_profile_serves_the_model_and_points_a_worker_at_it():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    vllm, worker = services["vllm"], services["worker-vllm"]
+    assert vllm["profiles"] == worker["profiles"] == ["vllm"]
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    flags = " ".join(vllm["command"])
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" in flags and "--enable-prefix-caching" in flags
+    assert "--limit-mm-per-prompt" in flags
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
+    env = worker["environment"]
+    assert env["QVL_ENGINE"] == "openai" and env["QVL_OPENAI_BASE_URL"] == "http://vllm:8000/v1"
+    assert "QVL_WORKER_CONCURRENCY" not in env  # the openai engine's default: 32 turns in flight
+    assert worker["depends_on"]["vllm"] == {"condition": "service_healthy"}
