@@ -286,7 +286,7 @@ class Core:
                 session=session, conversation=conversation, parts=parts, platform=msg.platform,
                 platform_message_id=msg.message_id, chat_id=msg.chat_id, thread_id=msg.thread_id,
                 user_id=msg.user_id, user_name=msg.user_name, reply_to_id=msg.reply_to_id,
-                language=msg.language)
+                language=msg.language, max_new_tokens=msg.max_new_tokens)
             due = created and repo.dispatch_if_next(session=session, job_id=job.id)
             session.commit()  # enqueue only after commit: the worker must find the turn
             return job.id, created, due

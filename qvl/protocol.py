@@ -89,6 +89,7 @@ class IncomingMessage:
     reply_to_bot_id: str | None = None
     user_name: str | None = None
     language: str | None = None  # "zh" for Chinese replies, when the adapter knows
+    max_new_tokens: int | None = None  # the asker's own limit on the answer (≤ QVL_MAX_NEW_TOKENS)
     addressed: bool = True  # False: the bot was not asked (stay quiet unless it is a turn)
 
 

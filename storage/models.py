@@ -208,6 +208,9 @@ class Job(Base):
     # A frontend holds the reply until then; unacknowledged, it is offered again after.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The asker's own limit on the answer's length (the web API's max_tokens); None: the
+    # worker's QVL_MAX_NEW_TOKENS, which also caps this one.
+    max_new_tokens: Mapped[int | None] = mapped_column(Integer)
 
     # Joined, not selectin: a job is read on every turn, and one query beats three.
     message: Mapped[Message] = relationship(foreign_keys=[message_id], lazy="joined", innerjoin=True)

@@ -117,6 +117,7 @@ def add_user_turn(
     user_name: str | None = None,
     reply_to_id: str | None = None,
     language: str | None = None,
+    max_new_tokens: int | None = None,
 ) -> tuple[Message, Job, bool]:
     """Record a user message (pending) and its job (queued); return ``(message, job, created)``.
 
@@ -153,6 +154,7 @@ def add_user_turn(
                 attempts=0,
                 enqueued_at=now,
                 platform=platform,
+                max_new_tokens=max_new_tokens,
             )
             session.add(job)
     except IntegrityError:

@@ -94,6 +94,7 @@ def _run(job_id: int, rt: Runtime) -> str:
             log.info("job %s is over, running elsewhere or waiting for its turn; skipping", job_id)
             return "skipped"
         platform, language, conversation = job.platform, job.message.language, job.conversation_id
+        max_new_tokens = min(job.max_new_tokens or settings.max_new_tokens, settings.max_new_tokens)
         attempts = job.attempts
         turns, blobs = ([], {}) if attempts > settings.max_attempts else _load_context(session, job, settings)
         session.commit()
@@ -103,7 +104,7 @@ def _run(job_id: int, rt: Runtime) -> str:
     _publish(rt, platform, job_id, JobState.RUNNING)
     try:
         with _Heartbeat(rt, job_id):
-            following = _answer(job_id, rt, turns, blobs, _streamer(rt, platform, job_id))
+            following = _answer(job_id, rt, turns, blobs, _streamer(rt, platform, job_id), max_new_tokens)
     except UserFacingError as exc:  # engines' and pictures' errors: the user reads them
         cause = exc.__cause__
         log.warning("job %s failed: %s%s", job_id, exc.message,
@@ -183,7 +184,7 @@ def _load_context(session, job, settings: Settings) -> tuple[list[StoredTurn], d
 
 
 def _answer(job_id: int, rt: Runtime, turns: list[StoredTurn], blobs: dict,
-            on_text: Callable[[str], None]) -> int | None:
+            on_text: Callable[[str], None], max_new_tokens: int) -> int | None:
     """Answer the turn and store the answer; return the conversation's next turn, if due."""
     settings = rt.settings
     images = _decode_all(blobs, current=turns[-1].images, limits=rt.limits)
@@ -192,7 +193,7 @@ def _answer(job_id: int, rt: Runtime, turns: list[StoredTurn], blobs: dict,
                           max_images=settings.context_max_images,
                           token_budget=settings.context_token_budget,
                           count_tokens=engine.count_tokens, image_tokens=engine.image_tokens)
-    raw = engine.generate(window.turns, max_new_tokens=settings.max_new_tokens, on_text=on_text)
+    raw = engine.generate(window.turns, max_new_tokens=max_new_tokens, on_text=on_text)
     with rt.sessions() as session:
         parts = annotate(raw, engine, pictures=window.pictures, images=images,
                          store=lambda data, size: repo.put_image(

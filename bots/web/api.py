@@ -85,7 +85,7 @@ async def chat_completions(request: Request, principal: Caller):
     text = "\n".join(p.text for p in last if isinstance(p, TextPart))
     images = tuple(p for p in last if isinstance(p, bytes))
     result = await web.submit(principal, channel=channel, message_id=uuid.uuid4().hex, text=text,
-                              images=images, language=language_of(text))
+                              images=images, language=language_of(text), max_new_tokens=max_tokens)
     base = str(request.base_url).rstrip("/")
     model = model_id(web)
     if not isinstance(result, Accepted):

@@ -124,7 +124,8 @@ class Web:
         return alive
 
     async def submit(self, principal: Principal, *, channel: str, message_id: str, text: str,
-                     images: tuple[bytes, ...] = (), language: str | None = None) -> Accepted | Reply:
+                     images: tuple[bytes, ...] = (), language: str | None = None,
+                     max_new_tokens: int | None = None) -> Accepted | Reply:
         """Hand one message to the core, after the key's own rate limit."""
         if principal.rate_limit:
             limiter = RateLimiter(self.core.redis, namespace=self.settings.namespace,
@@ -135,7 +136,8 @@ class Web:
                              error=True, key="rate_limited", retry_after_s=wait)
         msg = IncomingMessage(platform=PLATFORM, chat_id=channel, user_id=principal.user_id,
                               message_id=message_id, text=text, images=images,
-                              where=where_for(principal, channel), language=language, user_name=principal.name)
+                              where=where_for(principal, channel), language=language, user_name=principal.name,
+                              max_new_tokens=max_new_tokens)
         return await self.core.handle(msg)
 
     def watch(self, job_id: int) -> AsyncIterator[TurnStatus]:

@@ -166,6 +166,12 @@ def test_the_tiny_model_answers_through_the_api(settings_for, worker_factory, we
     api = client(server, make_key(settings, "alice"))
     plain = api.chat.completions.create(model="tiny", messages=[ask("what is in this picture?", scene_jpeg())])
     assert plain.choices[0].message.content.strip()  # random weights, but real generated text
+    # max_tokens reaches the model: the same question (greedy, a conversation of its own)
+    # gets the first 3 tokens of the same answer.
+    short = api.chat.completions.create(model="tiny", max_tokens=3,
+                                        messages=[ask("what is in this picture?", scene_jpeg())])
+    whole, cut = plain.choices[0].message.content, short.choices[0].message.content.rstrip("\ufffd").strip()
+    assert cut and len(cut) < len(whole.strip()) and whole.startswith(cut)
     streamed = list(api.chat.completions.create(model="tiny", stream=True, messages=[ask("and again?")]))
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).strip()
     assert streamed[-1].choices[0].finish_reason == "stop"
