@@ -187,35 +187,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, url, concurrency=args.concurrency, pool=args.pool)
 
 
-def cmd_discord(args: argparse.Namespace) -> int:
+def _run_frontend(module: str, name: str, *, install: str | None) -> int:
+    """Run one chat frontend in this process: Redis is checked first (in seconds, one line
+    naming REDIS_URL), before connecting to the platform; a missing extra says what to install."""
     import asyncio
+    import importlib
 
     from qvl.queue import checked_redis_url
     from qvl.settings import Settings
 
     settings = Settings()
-    url = checked_redis_url(settings)  # in seconds, naming REDIS_URL, before connecting to Discord
-    from bots.discord.bot import run
-
+    url = checked_redis_url(settings)
+    try:
+        run = importlib.import_module(module).run
+    except ImportError as exc:
+        if install is None:
+            raise
+        raise UserFacingError(f"the {name} frontend cannot be loaded ({exc}): {install}") from exc
     asyncio.run(run(settings, redis_url=url))
     return 0
+
+
+def cmd_discord(args: argparse.Namespace) -> int:
+    return _run_frontend("bots.discord.bot", "Discord", install=None)
 
 
 def cmd_wechat(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from qvl.queue import checked_redis_url
-    from qvl.settings import Settings
-
-    settings = Settings()
-    url = checked_redis_url(settings)  # in seconds, naming REDIS_URL, before the puppet service
-    try:
-        from bots.wechat.bot import run
-    except ImportError as exc:
-        raise UserFacingError(f"the WeChat frontend cannot be loaded ({exc}): "
-                              "pip install -e '.[wechat]' (in an environment of its own, see README)") from exc
-    asyncio.run(run(settings, redis_url=url))
-    return 0
+    return _run_frontend("bots.wechat.bot", "WeChat",
+                         install="pip install -e '.[wechat]' (in an environment of its own, see README)")
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -286,19 +285,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_wecom(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from qvl.queue import checked_redis_url
-    from qvl.settings import Settings
-
-    settings = Settings()
-    url = checked_redis_url(settings)  # in seconds, naming REDIS_URL, before connecting to WeCom
-    try:
-        from bots.wecom.bot import run
-    except ImportError as exc:
-        raise UserFacingError(f"the WeCom frontend cannot be loaded ({exc}): pip install -e '.[wecom]'") from exc
-    asyncio.run(run(settings, redis_url=url))
-    return 0
+    return _run_frontend("bots.wecom.bot", "WeCom", install="pip install -e '.[wecom]'")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

@@ -124,6 +124,7 @@ async def crowd(core: Core, conversations: int, turns: int, *, timeout: float = 
     early: dict[int, Reply] = {}
 
     async def send(reply: Reply) -> None:
+        await core.sent(reply)  # acknowledged before the conversation goes on (as a frontend does)
         future = delivered.pop(reply.job_id, None)
         if future is None:
             early[reply.job_id] = reply
