@@ -431,9 +431,15 @@ class Core:
 
         try:
             while True:
+                replies = aiter(self.replies(platform))
                 try:
-                    async for reply in self.replies(platform):
-                        await slots.acquire()
+                    while True:
+                        await slots.acquire()  # a slot first: the next reply is leased when it can go
+                        try:
+                            reply = await anext(replies)
+                        except BaseException:
+                            slots.release()
+                            raise
                         task = asyncio.create_task(deliver(reply))
                         sending.add(task)
                         task.add_done_callback(sending.discard)
@@ -442,6 +448,8 @@ class Core:
                 except Exception:
                     log.exception("%s delivery loop failed; restarting it", platform)
                     await asyncio.sleep(2)
+                finally:
+                    await replies.aclose()
         finally:
             for task in sending:
                 task.cancel()

@@ -50,10 +50,14 @@ class Delivery:
         await pubsub.subscribe(events.channel(self.namespace, platform))
         try:
             while True:  # subscribed first, then swept: nothing finishes unseen in between
-                batch = await asyncio.to_thread(self._claim_backlog, platform)
-                for reply in batch:
-                    yield reply
-                if len(batch) == BATCH:
+                due = await asyncio.to_thread(self._backlog, platform)
+                for job_id in due:
+                    # Leased only now, when the caller asks for it: a lease never runs out
+                    # while its reply waits behind others.
+                    reply = await asyncio.to_thread(self._claim_one, job_id)
+                    if reply is not None:
+                        yield reply
+                if len(due) == BATCH:
                     continue  # more may be waiting
                 await self._finished_one(pubsub, sweep_s)
         finally:
@@ -73,21 +77,10 @@ class Delivery:
                 finished = finished or (event is not None and event.state in FINAL_STATES)
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
 
-    def _claim_backlog(self, platform: str) -> list[Reply]:
-        """Lease up to ``BATCH`` replies that may be offered now (one per conversation),
-        in one statement, and read them."""
+    def _backlog(self, platform: str) -> list[int]:
+        """Up to ``BATCH`` replies that may be offered now (one per conversation), oldest first."""
         with self.sessions() as session:
-            jobs = repo.undelivered_jobs(session=session, platform=platform, limit=BATCH)
-            attempts = {job.id: job.delivery_attempts for job in jobs}  # the counts before this claim
-            leased = repo.claim_deliveries(session=session, job_ids=list(attempts), lease_s=self.lease_s)
-            session.commit()
-            out = []
-            for job in jobs:
-                if job.id in leased:
-                    reply = self._offer(session, job, attempts[job.id])
-                    if reply is not None:
-                        out.append(reply)
-        return out
+            return [job.id for job in repo.undelivered_jobs(session=session, platform=platform, limit=BATCH)]
 
     def _lease(self, session: Session, job) -> Reply | None:
         attempts = job.delivery_attempts  # the count before this claim

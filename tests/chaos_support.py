@@ -40,10 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 PLATFORM = "chaos"
 SLOW_ENGINE = "tests.slow_engine:SlowEngine"
 
-# Short knobs, so that lost workers, lost messages and lost leases are noticed in seconds.
+# Short knobs, so that lost workers, lost messages and lost leases are noticed in seconds;
+# 8 turns in flight per worker (threads pool), so that a kill takes many turns with it.
 CHAOS_KNOBS = dict(heartbeat_s=0.5, worker_lost_s=3.0, redispatch_s=1.5, reconcile_interval_s=1.0,
                    delivery_lease_s=3.0, max_attempts=20, rate_limit_turns=0, stream_interval_s=0.5,
-                   user_max_pending=0, space_max_pending=0)
+                   user_max_pending=0, space_max_pending=0, worker_concurrency=8)
 
 log = logging.getLogger("chaos")
 
