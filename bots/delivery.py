@@ -51,10 +51,10 @@ class Delivery:
         try:
             while True:  # subscribed first, then swept: nothing finishes unseen in between
                 due = await asyncio.to_thread(self._backlog, platform)
-                for job_id in due:
+                for job in due:
                     # Leased only now, when the caller asks for it: a lease never runs out
                     # while its reply waits behind others.
-                    reply = await asyncio.to_thread(self._claim_one, job_id)
+                    reply = await asyncio.to_thread(self._lease_read, job)
                     if reply is not None:
                         yield reply
                 if len(due) == BATCH:
@@ -77,10 +77,17 @@ class Delivery:
                 finished = finished or (event is not None and event.state in FINAL_STATES)
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
 
-    def _backlog(self, platform: str) -> list[int]:
-        """Up to ``BATCH`` replies that may be offered now (one per conversation), oldest first."""
+    def _backlog(self, platform: str) -> list:
+        """Up to ``BATCH`` finished jobs whose replies may be offered now (one per
+        conversation), oldest first, read with their question and answer."""
         with self.sessions() as session:
-            return [job.id for job in repo.undelivered_jobs(session=session, platform=platform, limit=BATCH)]
+            return repo.undelivered_jobs(session=session, platform=platform, limit=BATCH)
+
+    def _lease_read(self, job) -> Reply | None:
+        """Lease ``job``'s reply (read a moment ago by :meth:`_backlog`: a finished turn's
+        answer does not change, and the lease itself checks that it may still be offered)."""
+        with self.sessions() as session:
+            return self._lease(session, job)
 
     def _lease(self, session: Session, job) -> Reply | None:
         attempts = job.delivery_attempts  # the count before this claim
