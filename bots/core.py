@@ -392,8 +392,7 @@ class Core:
         (see :meth:`Delivery.replies`)."""
         return self.delivery.replies(platform, sweep_s=sweep_s)
 
-    async def serve_replies(self, platform: str, send: Callable[[Reply], Awaitable[object]], *,
-                            parallel: int = 1) -> None:
+    async def serve_replies(self, platform: str, send: Callable[[Reply], Awaitable[object]]) -> None:
         """Hand every finished reply of ``platform`` to ``send``, for good: the delivery
         loop of a frontend (cancel the task to stop it).
 
@@ -401,58 +400,29 @@ class Core:
         again later. When it returns, the reply is acknowledged (delivered). A frontend
         that dies in between leaves a lease that ends after ``QVL_DELIVERY_LEASE_S``: the
         reply is offered again then (at most one reply per conversation is ever in flight).
-        ``parallel`` > 1 sends replies of different conversations concurrently (one slow
-        send does not hold the others), at the price of up to that many possible duplicates
-        when the frontend dies mid-send; the default, 1, keeps the promise of at most one.
+        Replies go out one at a time, each leased just before it is sent, so a frontend
+        that dies costs at most one possible duplicate.
         """
-        slots = asyncio.Semaphore(parallel)
-        sending: set[asyncio.Task] = set()
-
-        async def deliver(reply: Reply | None) -> None:
+        while True:
             try:
-                while reply is not None:
-                    try:
-                        await send(reply)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        log.warning("could not deliver the reply of job %s (%s: %s); offering it again later",
-                                    reply.job_id, type(exc).__name__, exc)
-                        await self.delivery.release(reply)
-                        return
-                    # The next reply of its conversation may have been waiting for this one.
-                    reply = await self.delivery.ack_and_next(reply)
+                async for reply in self.replies(platform):
+                    while reply is not None:
+                        try:
+                            await send(reply)
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception as exc:
+                            log.warning("could not deliver the reply of job %s (%s: %s); offering it again later",
+                                        reply.job_id, type(exc).__name__, exc)
+                            await self.delivery.release(reply)
+                            break
+                        # The next reply of its conversation may have been waiting for this one.
+                        reply = await self.delivery.ack_and_next(reply)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("delivering the reply of job %s failed", reply.job_id if reply else None)
-            finally:
-                slots.release()
-
-        try:
-            while True:
-                replies = aiter(self.replies(platform))
-                try:
-                    while True:
-                        await slots.acquire()  # a slot first: the next reply is leased when it can go
-                        try:
-                            reply = await anext(replies)
-                        except BaseException:
-                            slots.release()
-                            raise
-                        task = asyncio.create_task(deliver(reply))
-                        sending.add(task)
-                        task.add_done_callback(sending.discard)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("%s delivery loop failed; restarting it", platform)
-                    await asyncio.sleep(2)
-                finally:
-                    await replies.aclose()
-        finally:
-            for task in sending:
-                task.cancel()
+                log.exception("%s delivery loop failed; restarting it", platform)
+                await asyncio.sleep(2)
 
     async def take_reply(self, job_id: int) -> Reply | None:
         """Claim and acknowledge the reply of one finished turn (for a frontend that waits

@@ -25,8 +25,7 @@ from storage import repo
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8  # a reply the platform refused this often is given up, with a log line
-BATCH = 8  # replies leased at once by one frontend (one per conversation): each lease runs
-# while the frontend sends those before it, so a batch must go out well within the lease
+BATCH = 8  # replies read from the backlog at once (one per conversation); each is leased as it goes out
 
 
 class Delivery:
@@ -95,10 +94,6 @@ class Delivery:
             session.rollback()
             return None
         session.commit()
-        return self._offer(session, job, attempts)
-
-    def _offer(self, session: Session, job, attempts: int) -> Reply | None:
-        """The reply of leased ``job``, or None when it failed to go out too often."""
         if attempts >= MAX_ATTEMPTS:
             log.error("giving up the reply of job %s after %d failed deliveries", job.id, attempts)
             repo.ack_delivery(session=session, job_id=job.id)

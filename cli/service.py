@@ -237,12 +237,11 @@ def run_worker(settings: Settings, url: str, *, concurrency: int | None = None, 
 
     from worker.app import create_app, pool_for
 
-    chosen_pool, chosen = pool_for(settings.model_copy(update={"worker_concurrency": concurrency})
-                                   if concurrency else settings)
-    pool = pool or chosen_pool
-    concurrency = concurrency or chosen
-    if pool == "solo" and concurrency > 1:
-        pool = "threads"
+    if concurrency:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    chosen_pool, concurrency = pool_for(settings)
+    if pool is None or (pool == "solo" and concurrency > 1):  # solo would run one turn at a time
+        pool = chosen_pool
     log.info("worker: %s pool, %d turn(s) at once", pool, concurrency)
     if engine_and_family(settings)[0] == EngineKind.QWEN_VL and concurrency > 1:
         log.warning("the qwen-vl engine answers one turn at a time (Qwen-VL-Chat's code has no batched chat): "

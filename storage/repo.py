@@ -267,7 +267,8 @@ _UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
 
 
 # Built once: constructing an aliased correlated EXISTS costs more CPU than running it,
-# and these clauses are in the hot path of every turn.
+# and these clauses are in the hot path of every turn. "An earlier job of the same
+# conversation that is not finished yet / whose reply is not delivered yet".
 _EARLIER = aliased(Job, name="earlier")
 _EARLIER_UNFINISHED = exists().where(_EARLIER.conversation_id == Job.conversation_id, _EARLIER.id < Job.id,
                                      _EARLIER.status.in_(_UNFINISHED))
@@ -275,14 +276,8 @@ _EARLIER_UNDELIVERED = exists().where(_EARLIER.conversation_id == Job.conversati
                                       _EARLIER.delivered_at.is_(None), _EARLIER.status != JobState.CANCELLED)
 
 
-def _earlier_unfinished():
-    """An earlier job of the same conversation that is not finished yet (SQL clause)."""
-    return _EARLIER_UNFINISHED
-
-
 _WAITING = select(exists().where(_EARLIER.conversation_id == bindparam("conversation_id"),
                                  _EARLIER.id < bindparam("job_id"), _EARLIER.status.in_(_UNFINISHED)))
-_IS_NEXT = select(exists().where(Job.id == bindparam("job_id"), Job.status.in_(_UNFINISHED), ~_EARLIER_UNFINISHED))
 _NEXT_UNFINISHED = (select(Job).where(Job.conversation_id == bindparam("conversation_id"),
                                       Job.status.in_(_UNFINISHED)).order_by(Job.id).limit(1))
 _DISPATCHED = (update(Job).where(Job.id.in_(bindparam("ids", expanding=True)))
@@ -328,11 +323,6 @@ def mark_dispatched(*, session: Session, job_ids: Sequence[int]) -> None:
     """Record that these jobs were just sent to the queue."""
     if job_ids:
         session.execute(_DISPATCHED, {"ids": list(job_ids), "now": utcnow()})
-
-
-def is_next(*, session: Session, job_id: int) -> bool:
-    """Whether ``job_id`` is unfinished and the oldest unfinished turn of its conversation."""
-    return bool(session.scalar(_IS_NEXT, {"job_id": job_id}))
 
 
 _DISPATCH_IF_NEXT = (update(Job).where(Job.id == bindparam("job_id"), Job.status == JobState.QUEUED,
@@ -383,7 +373,7 @@ def pending_heads(*, session: Session, dispatched_before: datetime, stale_before
         and_(Job.status == JobState.RUNNING, func.coalesce(Job.heartbeat_at, Job.started_at) < stale_before,
              or_(Job.dispatched_at.is_(None), Job.dispatched_at < dispatched_before)),
     )
-    return list(session.scalars(select(Job).where(lost, ~_earlier_unfinished()).order_by(Job.id).limit(limit)))
+    return list(session.scalars(select(Job).where(lost, ~_EARLIER_UNFINISHED).order_by(Job.id).limit(limit)))
 
 
 def finish_job(*, session: Session, job_id: int, parts: Sequence[Part]) -> Message:
@@ -455,15 +445,11 @@ def queue_position(*, session: Session, job_id: int) -> int | None:
     return session.scalar(select(func.count(Job.id)).where(Job.status == JobState.QUEUED, ahead))
 
 
-def _earlier_undelivered():
-    return _EARLIER_UNDELIVERED
-
-
 def _offerable(now: datetime):
     """Finished, not acknowledged, not held by a live lease, and the conversation's oldest
     such reply (replies of one conversation go out one at a time, in order)."""
     return and_(Job.delivered_at.is_(None), Job.status.in_((JobState.DONE, JobState.FAILED)),
-                or_(Job.lease_until.is_(None), Job.lease_until < now), ~_earlier_undelivered())
+                or_(Job.lease_until.is_(None), Job.lease_until < now), ~_EARLIER_UNDELIVERED)
 
 
 # The delivery path's statements, built once with their parameters bound: building and
@@ -474,7 +460,7 @@ _UNDELIVERED = (select(Job).where(Job.platform == bindparam("platform"), _OFFERA
 _FOLLOWING = (select(Job).where(
     Job.conversation_id == select(_EARLIER.conversation_id).where(_EARLIER.id == bindparam("job_id"))
     .scalar_subquery(), Job.id > bindparam("job_id"), _OFFERABLE).order_by(Job.id).limit(1))
-_CLAIM = (update(Job).where(Job.id.in_(bindparam("ids", expanding=True)), _OFFERABLE)
+_CLAIM = (update(Job).where(Job.id == bindparam("job_id"), _OFFERABLE)
           .values(lease_until=bindparam("until"), delivery_attempts=Job.delivery_attempts + 1)
           .returning(Job.id).execution_options(synchronize_session=False))
 
@@ -491,24 +477,14 @@ def following_undelivered(*, session: Session, job_id: int) -> Job | None:
     return session.scalars(_FOLLOWING, {"job_id": job_id, "now": utcnow()}).first()
 
 
-def claim_deliveries(*, session: Session, job_ids: Sequence[int], lease_s: float) -> set[int]:
-    """Lease the replies of ``job_ids`` to the caller for ``lease_s`` seconds, in one
-    statement; return the ids leased (each to exactly one caller, across processes, and
-    only while it may be offered: see :func:`undelivered_jobs`). Commit at once."""
-    if not job_ids:
-        return set()
-    now = utcnow()
-    result = session.execute(_CLAIM, {"ids": list(job_ids), "now": now,
-                                      "until": now + timedelta(seconds=lease_s)})
-    return set(result.scalars().all())
-
-
 def claim_delivery(*, session: Session, job_id: int, lease_s: float) -> bool:
     """Lease the job's reply to the caller for ``lease_s`` seconds; True for exactly one
     caller, even across processes, and only while the reply may be offered (see
     :func:`undelivered_jobs`). Commit at once; acknowledge with :func:`ack_delivery`
     once the platform accepted it, or it is offered again when the lease ends."""
-    return claim_deliveries(session=session, job_ids=[job_id], lease_s=lease_s) == {job_id}
+    now = utcnow()
+    result = session.execute(_CLAIM, {"job_id": job_id, "now": now, "until": now + timedelta(seconds=lease_s)})
+    return result.first() is not None
 
 
 def ack_delivery(*, session: Session, job_id: int) -> None:
