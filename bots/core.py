@@ -405,19 +405,7 @@ class Core:
         """
         while True:
             try:
-                async for reply in self.replies(platform):
-                    while reply is not None:
-                        try:
-                            await send(reply)
-                        except asyncio.CancelledError:
-                            raise
-                        except Exception as exc:
-                            log.warning("could not deliver the reply of job %s (%s: %s); offering it again later",
-                                        reply.job_id, type(exc).__name__, exc)
-                            await self.delivery.release(reply)
-                            break
-                        # The next reply of its conversation may have been waiting for this one.
-                        reply = await self.delivery.ack_and_next(reply)
+                await self.delivery.serve(platform, send)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -11,8 +11,11 @@ prompt; a sweep of SQL finds what they missed and the backlog of a frontend that
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import redis.asyncio as aioredis
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +37,7 @@ class Delivery:
     def __init__(self, sessions: sessionmaker[Session], redis: aioredis.Redis, namespace: str,
                  *, lease_s: float = 60.0):
         self.sessions, self.redis, self.namespace, self.lease_s = sessions, redis, namespace, lease_s
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qvl-delivery")
 
     async def replies(self, platform: str, *, sweep_s: float = 5.0) -> AsyncIterator[Reply]:
         """Finished replies of ``platform``, each leased to the caller before it is yielded;
@@ -42,25 +46,66 @@ class Delivery:
         First the backlog (one reply per conversation, oldest first), then live ones as
         workers announce them; a sweep of SQL every ``sweep_s`` catches announcements lost
         on the way, replies whose lease ended, and replies that became due when the one
-        before them in their conversation was acknowledged (:meth:`ack_and_next` finds
-        those at once).
+        before them in their conversation was acknowledged.
         """
+        async for due in self._due(platform, sweep_s):
+            for job in due:
+                # Leased only now, when the caller asks for it: a lease never runs out
+                # while its reply waits behind others.
+                reply = await self._run(self._lease_read, job)
+                if reply is not None:
+                    yield reply
+
+    async def serve(self, platform: str, send: Callable[[Reply], Awaitable[object]], *,
+                    sweep_s: float = 5.0) -> None:
+        """Hand every finished reply of ``platform`` to ``send``, one at a time, for good.
+
+        When ``send`` returns, the reply is delivered; when it raises, the reply is offered
+        again later (:meth:`release`). Each reply costs one transaction: the one that leases
+        it also acknowledges the reply sent before it, or, when that reply's conversation
+        has its next reply ready (it finished while the first was out), leases that one
+        first, so a conversation's replies follow each other at once and in order.
+        """
+        async for due in self._due(platform, sweep_s):
+            waiting, sent = deque(due), None
+            while waiting or sent is not None:
+                reply, took = await self._run(self._ack_and_lease, sent, waiting[0] if waiting else None)
+                sent = None
+                if took:
+                    waiting.popleft()
+                if reply is None:
+                    continue
+                try:
+                    await send(reply)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("could not deliver the reply of job %s (%s: %s); offering it again later",
+                                reply.job_id, type(exc).__name__, exc)
+                    await self.release(reply)
+                    continue
+                sent = reply.job_id
+
+    async def _due(self, platform: str, sweep_s: float) -> AsyncIterator[list]:
+        """Batches of finished jobs whose replies may be offered now: the backlog first,
+        then each time workers announce finished turns, or every ``sweep_s``."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(events.channel(self.namespace, platform))
         try:
             while True:  # subscribed first, then swept: nothing finishes unseen in between
-                due = await asyncio.to_thread(self._backlog, platform)
-                for job in due:
-                    # Leased only now, when the caller asks for it: a lease never runs out
-                    # while its reply waits behind others.
-                    reply = await asyncio.to_thread(self._lease_read, job)
-                    if reply is not None:
-                        yield reply
+                due = await self._run(self._backlog, platform)
+                if due:
+                    yield due
                 if len(due) == BATCH:
                     continue  # more may be waiting
                 await self._finished_one(pubsub, sweep_s)
         finally:
             await pubsub.aclose()
+
+    def _run(self, fn: Callable, *args) -> Awaitable:
+        """Run ``fn(*args)`` (a short SQL transaction) on the delivery's own threads: under
+        load, replies do not wait behind the new turns' work in the default executor."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     async def _finished_one(self, pubsub, timeout_s: float) -> None:
         """Wait until a worker announces a finished turn (or ``timeout_s`` passes), then
@@ -89,11 +134,12 @@ class Delivery:
             return self._lease(session, job)
 
     def _lease(self, session: Session, job) -> Reply | None:
+        """Lease ``job``'s reply and commit (with whatever the transaction did before)."""
         attempts = job.delivery_attempts  # the count before this claim
-        if not repo.claim_delivery(session=session, job_id=job.id, lease_s=self.lease_s):
-            session.rollback()
+        leased = repo.claim_delivery(session=session, job_id=job.id, lease_s=self.lease_s)
+        session.commit()  # a failed claim changed nothing
+        if not leased:
             return None
-        session.commit()
         if attempts >= MAX_ATTEMPTS:
             log.error("giving up the reply of job %s after %d failed deliveries", job.id, attempts)
             repo.ack_delivery(session=session, job_id=job.id)
@@ -118,7 +164,7 @@ class Delivery:
     async def take(self, job_id: int) -> Reply | None:
         """Lease the reply of one finished turn (for frontends that wait on their own turn,
         such as the terminal); None if it is not due or was delivered already."""
-        return await asyncio.to_thread(self._claim_one, job_id)
+        return await self._run(self._claim_one, job_id)
 
     def _claim_one(self, job_id: int) -> Reply | None:
         with self.sessions() as session:
@@ -131,7 +177,7 @@ class Delivery:
         """The platform accepted ``reply``: it is delivered. With the platform's id of its
         message, replies to that message continue the conversation."""
         if reply.job_id is not None:
-            await asyncio.to_thread(self._ack, reply.job_id, platform_message_id)
+            await self._run(self._ack, reply.job_id, platform_message_id)
 
     def _ack(self, job_id: int, platform_message_id: str | None) -> None:
         with self.sessions() as session:
@@ -142,25 +188,26 @@ class Delivery:
                                              platform_message_id=platform_message_id)
             session.commit()
 
-    async def ack_and_next(self, reply: Reply) -> Reply | None:
-        """:meth:`ack` ``reply``, and lease the next reply of its conversation if that one
-        is due now (it finished while ``reply`` was out, and its announcement was passed
-        over), in one transaction."""
-        if reply.job_id is None:
-            return None
-        return await asyncio.to_thread(self._ack_and_next, reply.job_id)
-
-    def _ack_and_next(self, job_id: int) -> Reply | None:
+    def _ack_and_lease(self, sent: int | None, job) -> tuple[Reply | None, bool]:
+        """In one transaction: acknowledge job ``sent`` (when not None), then lease the next
+        reply of its conversation if that one is due, else ``job``'s (when not None).
+        Returns the leased reply (None if there was none, or another frontend has it) and
+        whether it was ``job``'s turn to be leased."""
         with self.sessions() as session:
-            repo.ack_delivery(session=session, job_id=job_id)
-            job = repo.following_undelivered(session=session, job_id=job_id)
-            session.commit()  # acknowledged for good, whatever becomes of the lease below
-            return self._lease(session, job) if job is not None else None
+            following = None
+            if sent is not None:
+                repo.ack_delivery(session=session, job_id=sent)
+                following = repo.following_undelivered(session=session, job_id=sent)
+            chosen = following if following is not None else job
+            if chosen is None:
+                session.commit()
+                return None, False
+            return self._lease(session, chosen), following is None
 
     async def release(self, reply: Reply) -> None:
         """Sending ``reply`` failed: offer it again after a short, growing pause."""
         if reply.job_id is not None:
-            await asyncio.to_thread(self._release, reply.job_id)
+            await self._run(self._release, reply.job_id)
 
     def _release(self, job_id: int) -> None:
         with self.sessions() as session:
