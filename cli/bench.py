@@ -134,13 +134,14 @@ async def _qvl_turns(settings: Settings, url: str, n: int, turns: int) -> list[f
     return (await run_conversations(settings.model_copy(update={"redis_url": url}), n, turns)).latencies_ms
 
 
-async def run_conversations(settings: Settings, n: int, turns: int) -> Run:
+async def run_conversations(settings: Settings, n: int, turns: int, *, core=None) -> Run:
     """``n`` conversations at once, asking ``turns`` turns in all (each its share, one
-    after another) through a core and its delivery loop, as a frontend would."""
+    after another) through a core and its delivery loop, as a frontend would: ``core``'s,
+    warm from earlier runs as a running frontend's is, or a new one."""
     from bots.core import Core
 
-    url = settings.redis_url
-    core = Core(settings, redis_url_=url)
+    own = core is None
+    core = core or Core(settings, redis_url_=settings.redis_url)
     platform = f"bench{uuid.uuid4().hex[:6]}"
     waiting: dict[int, asyncio.Future] = {}
     early: dict[int, float] = {}
@@ -178,7 +179,8 @@ async def run_conversations(settings: Settings, n: int, turns: int) -> Run:
             return Run(latencies, time.perf_counter() - started)
     finally:
         delivery.cancel()
-        await core.close()
+        if own:
+            await core.close()
 
 
 async def _conversations(n: int, turns: int, one) -> list[float]:

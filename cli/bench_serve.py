@@ -78,25 +78,37 @@ def _describe(settings: Settings, engine: str, turns: int, latency_s: float, tok
             f"{what}; {turns} turn(s) per conversation")
 
 
+async def _warm_core(settings: Settings, conversations: list[int]):
+    """One core for every row, as one running frontend: warm (its connections open, the
+    worker started with its engine loaded) from a first round of the most conversations."""
+    from bots.core import Core
+
+    core = Core(settings, redis_url_=settings.redis_url)
+    await run_conversations(settings, max(conversations), max(conversations), core=core)
+    return core
+
+
 async def _openai_rows(settings: Settings, conversations: list[int], turns: int, latency_s: float) -> None:
-    await run_conversations(settings, 1, 1)  # warm: the worker has started and loaded its engine
+    core = await _warm_core(settings, conversations)
     print(f"{'conversations':>13} {'turns':>6} {'ideal s':>8} {'measured s':>11} {'efficiency':>11} {'turns/s':>8}")
     for n in conversations:
-        result = await run_conversations(settings, n, n * turns)
+        result = await run_conversations(settings, n, n * turns, core=core)
         ideal = turns * latency_s
         print(f"{n:>13} {n * turns:>6} {ideal:>8.2f} {result.wall_s:>11.2f} {ideal / result.wall_s:>11.2f} "
               f"{n * turns / result.wall_s:>8.1f}")
+    await core.close()
 
 
 async def _transformers_rows(settings: Settings, conversations: list[int], turns: int, _latency: float) -> None:
-    await run_conversations(settings, 1, 1)  # warm: the model is loaded
+    core = await _warm_core(settings, conversations)
     print(f"{'conversations':>13} {'one after another s':>20} {'all at once s':>14} {'speed-up':>9}")
     for n in conversations:
         one_by_one = 0.0
         for _ in range(n):
-            one_by_one += (await run_conversations(settings, 1, turns)).wall_s
-        together = (await run_conversations(settings, n, n * turns)).wall_s
+            one_by_one += (await run_conversations(settings, 1, turns, core=core)).wall_s
+        together = (await run_conversations(settings, n, n * turns, core=core)).wall_s
         print(f"{n:>13} {one_by_one:>20.2f} {together:>14.2f} {one_by_one / together:>8.2f}x")
+    await core.close()
 
 
 def _tiny_model(directory: Path, tokens: int) -> Path:
