@@ -27,6 +27,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GATHER_MAX_S = 0.25  # the longest an idle model waits for announced turns before it starts
+HAND_EVERY_S = 0.02  # the least time between two hand-overs of new ids to a request's reader
 
 
 @dataclass(eq=False)
@@ -45,21 +46,34 @@ class Request:
     error: BaseException | None = None
     produced: int = 0
     over: bool = False
+    _held: list[int] = field(default_factory=list)
+    _handed_at: float = 0.0
 
     def emit(self, ids: list[int], stop_ids: set[int]) -> None:
-        """Hand new ids to the reader; end the request at a stop id or at its length."""
+        """Take new ids; end the request at a stop id or at its length. The reader gets
+        them at most every ``HAND_EVERY_S`` (and at the end): a reader woken at every
+        token of every row takes the model's thread's turn at the GIL, step after step."""
         if self.over:
             return
         kept = ids[: self.max_new_tokens - self.produced]
         self.produced += len(kept)
-        self.tokens.put(kept)
+        self._held.extend(kept)
         if any(i in stop_ids for i in kept) or self.produced >= self.max_new_tokens or self.cancel.is_set():
             self.end()
+        elif time.monotonic() - self._handed_at >= HAND_EVERY_S:
+            self._hand()
+
+    def _hand(self) -> None:
+        if self._held:
+            self.tokens.put(self._held)
+            self._held = []
+        self._handed_at = time.monotonic()
 
     def end(self, error: BaseException | None = None) -> None:
         if not self.over:
             self.over = True
             self.error = error
+            self._hand()
             self.tokens.put(None)
 
 
