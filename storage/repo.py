@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, lazyload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from qvl.protocol import JobState, Part, decode_parts
@@ -29,21 +29,22 @@ class JobStateError(ValueError):
     """The job is in a state that does not allow the requested change."""
 
 
+_CONVERSATION = select(Conversation).where(Conversation.platform == bindparam("platform"),
+                                           Conversation.scope_key == bindparam("scope_key"))
+
+
 def get_or_create_conversation(*, session: Session, platform: str, scope_key: str) -> Conversation:
     """Return the conversation for ``(platform, scope_key)``, creating it if needed (race-safe)."""
-    query = select(Conversation).where(
-        Conversation.platform == platform, Conversation.scope_key == scope_key
-    )
-    found = session.scalars(query).one_or_none()
+    key = {"platform": platform, "scope_key": scope_key}
+    found = session.scalars(_CONVERSATION, key).one_or_none()
     if found is not None:
         return found
-    conversation = Conversation(platform=platform, scope_key=scope_key)
-    try:
-        with session.begin_nested():
-            session.add(conversation)
-    except IntegrityError:
-        return session.scalars(query).one()
-    return conversation
+    now = utcnow()
+    values = dict(platform=platform, scope_key=scope_key, context_floor=0, created_at=now, updated_at=now)
+    new_id = session.execute(_insert_or_nothing(session, Conversation), values).scalar()
+    if new_id is None:  # another process created it a moment ago
+        return session.scalars(_CONVERSATION, key).one()
+    return Conversation(id=new_id, **values)  # not attached to ``session``
 
 
 def put_image(*, session: Session, data: bytes, mime: str, width: int, height: int) -> Image:
@@ -136,7 +137,7 @@ def add_user_turn(
                    platform=platform, platform_message_id=platform_message_id, chat_id=chat_id,
                    thread_id=thread_id, user_id=user_id, user_name=user_name, reply_to_id=reply_to_id,
                    language=language, in_reply_to=None, created_at=now)
-    message_id = session.execute(_insert_message(session), message).scalar()
+    message_id = session.execute(_insert_or_nothing(session, Message), message).scalar()
     if message_id is None:  # this platform event was recorded before
         found = _message_by_platform_id(session, platform, platform_message_id)
         return found, _job_for_message(session, found.id), False
@@ -150,31 +151,25 @@ def add_user_turn(
 _INSERT_JOB = insert(Job.__table__).returning(Job.id)
 
 
-def _insert_message(session: Session):
-    """INSERT of a user message that does nothing when its platform event is recorded
-    already (both PostgreSQL and SQLite say ON CONFLICT DO NOTHING), returning its id."""
+def _insert_or_nothing(session: Session, model: type):
+    """INSERT of one ``model`` row returning its id, that does nothing (and returns no row)
+    when a unique constraint holds that row already: ON CONFLICT DO NOTHING, which both
+    PostgreSQL and SQLite know; no savepoint, no error to catch."""
     dialect = session.get_bind().dialect.name
-    statement = _INSERT_MESSAGE.get(dialect)
+    statement = _INSERT_OR_NOTHING.get((model, dialect))
     if statement is None:
         module = {"postgresql": postgresql, "sqlite": sqlite}[dialect]
-        statement = module.insert(Message.__table__).on_conflict_do_nothing().returning(Message.id)
-        _INSERT_MESSAGE[dialect] = statement
+        statement = module.insert(model.__table__).on_conflict_do_nothing().returning(model.id)
+        _INSERT_OR_NOTHING[(model, dialect)] = statement
     return statement
 
 
-_INSERT_MESSAGE: dict[str, Any] = {}
+_INSERT_OR_NOTHING: dict[tuple, Any] = {}
 
 
 def _touch_conversation(session: Session, conversation: Conversation, **values: Any) -> None:
     # An UPDATE statement also works when `conversation` came from another session.
-    session.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation.id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    for key, value in values.items():
-        set_committed_value(conversation, key, value)
+    _set(session, Conversation, conversation, **values)
 
 
 def reset_conversation(*, session: Session, conversation: Conversation) -> None:
@@ -249,7 +244,8 @@ def get_message(*, session: Session, message_id: int) -> Message | None:
 
 
 _LOCK_JOB = (select(Job).where(Job.id == bindparam("job_id"))
-             .with_for_update(of=Job)  # PostgreSQL refuses FOR UPDATE on the outer-joined reply
+             .options(lazyload(Job.reply_message))  # read only when a job turns out to be done
+             .with_for_update(of=Job)
              .execution_options(populate_existing=True))
 
 
@@ -275,8 +271,8 @@ _EARLIER_UNDELIVERED = exists().where(_EARLIER.conversation_id == Job.conversati
 
 _WAITING = select(exists().where(_EARLIER.conversation_id == bindparam("conversation_id"),
                                  _EARLIER.id < bindparam("job_id"), _EARLIER.status.in_(_UNFINISHED)))
-_NEXT_UNFINISHED = (select(Job).where(Job.conversation_id == bindparam("conversation_id"),
-                                      Job.status.in_(_UNFINISHED)).order_by(Job.id).limit(1))
+_NEXT_UNFINISHED = (select(Job.id, Job.status).where(Job.conversation_id == bindparam("conversation_id"),
+                                                      Job.status.in_(_UNFINISHED)).order_by(Job.id).limit(1))
 _DISPATCHED = (update(Job).where(Job.id.in_(bindparam("ids", expanding=True)))
                .values(dispatched_at=bindparam("now")).execution_options(synchronize_session=False))
 _HEARTBEAT = (update(Job).where(Job.id == bindparam("job_id"), Job.status == JobState.RUNNING)
@@ -365,10 +361,10 @@ def dispatch_if_next(*, session: Session, job_id: int) -> bool:
     return session.execute(_DISPATCH_IF_NEXT, {"job_id": job_id, "now": utcnow()}).first() is not None
 
 
-def next_queued(*, session: Session, conversation_id: int) -> Job | None:
-    """The conversation's oldest unfinished job if it is queued (the one to send next)."""
-    job = session.scalars(_NEXT_UNFINISHED, {"conversation_id": conversation_id}).first()
-    return job if job is not None and job.status == JobState.QUEUED else None
+def next_queued(*, session: Session, conversation_id: int) -> int | None:
+    """The id of the conversation's oldest unfinished job if it is queued (the one to send next)."""
+    row = session.execute(_NEXT_UNFINISHED, {"conversation_id": conversation_id}).first()
+    return row.id if row is not None and row.status == JobState.QUEUED else None
 
 
 def pending_heads(*, session: Session, dispatched_before: datetime, stale_before: datetime,

@@ -123,10 +123,9 @@ def _next_turn(session, conversation_id: int) -> int | None:
     """In the transaction that ends a turn: the conversation's next turn, marked sent
     (committed with the end, so the reconciler does not also send it at once)."""
     following = repo.next_queued(session=session, conversation_id=conversation_id)
-    if following is None:
-        return None
-    repo.mark_dispatched(session=session, job_ids=[following.id])
-    return following.id
+    if following is not None:
+        repo.mark_dispatched(session=session, job_ids=[following])
+    return following
 
 
 def _send_next(rt: Runtime, job_id: int | None) -> None:
