@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     batch_max: int = Field(8, ge=1, description="transformers engine: most conversations answered in one batch")
     batch_wait_ms: float = Field(10.0, ge=0, description="transformers engine: how long an idle model waits for "
                                                          "more turns to batch with the first")
+    cpu_threads: int = Field(0, ge=0, description="transformers engine on the CPU: threads the model computes "
+                                                  "with (0: every core but one, left to the frontend, Redis "
+                                                  "and the database)")
     user_max_pending: int = Field(3, ge=0, description="turns one person may have queued or running at once "
                                                        "(0: no cap); more are refused with a short reply")
     space_max_pending: int = Field(32, ge=0, description="turns one server or group may have queued or running "

@@ -71,7 +71,7 @@ def load_engine(settings: Settings) -> Engine:
         from worker.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(path, family=family, device=settings.device, batch_max=settings.batch_max,
-                                  batch_wait_s=settings.batch_wait_ms / 1000)
+                                  batch_wait_s=settings.batch_wait_ms / 1000, cpu_threads=settings.cpu_threads)
     if kind == EngineKind.OPENAI:
         from worker.engines.openai_engine import OpenAIEngine
 
