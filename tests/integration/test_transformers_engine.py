@@ -163,6 +163,25 @@ def test_a_published_checkpoint_layout_loads(family: str, tiny_model_factory, tm
     assert engine.generate([ChatTurn("user", "Hi", (picture(),))], max_new_tokens=4) is not None
 
 
+def test_on_the_cpu_the_model_leaves_a_core_to_the_rest_of_the_service(tiny_model_factory) -> None:  # noqa: F811
+    """QVL_CPU_THREADS, else every core but one: torch computing on every core stalls each
+    step whenever the frontend, Redis or the database takes one of them."""
+    import os
+
+    import torch
+
+    from worker.engines.transformers_engine import spare_cores
+
+    before = torch.get_num_threads()
+    try:
+        TransformersEngine(tiny_model_factory("qwen2-vl"), device="cpu")
+        assert torch.get_num_threads() == spare_cores() == max(1, len(os.sched_getaffinity(0)) - 1)
+        TransformersEngine(tiny_model_factory("qwen2-vl"), device="cpu", cpu_threads=3)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_directory_without_a_model_is_an_engine_error(tmp_path) -> None:
     with pytest.raises(EngineError, match="Could not load"):
         TransformersEngine(tmp_path)
