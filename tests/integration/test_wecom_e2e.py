@@ -144,10 +144,14 @@ async def test_queue_position_then_a_reply_past_the_window_is_sent_anew_once(set
 
     fake = fake_wecom
     settings = wecom_settings(settings_for, fake, engine="tests.slow_engine:SlowEngine")
-    worker_factory(settings, extra_env={"PYTHONPATH": str(REPO), "QVL_TEST_SLOW_S": "1"})
+    worker_factory(settings, extra_env={"PYTHONPATH": str(REPO), "QVL_TEST_SLOW_S": "2"})
     async with frontend(settings, fake):
+        # One after another, each once the bot answered the one before (a picture takes longer
+        # to fetch than a text: sent at once, they could be queued in any order).
         first = await fake.mixed(fake.ALICE, "@qvl box the dog", jpeg(), group=fake.GROUP)
+        await fake.wait_for(lambda: fake.stream(first), what="Alice's first frame")
         second = await fake.text(fake.BOB, "what about you?", group=fake.GROUP)
+        await fake.wait_for(lambda: fake.stream(second), what="Bob's first frame")
         third = await fake.mixed("carol", "@qvl box the cat", jpeg(), group=fake.GROUP)
         await fake.wait_for(lambda: any("Queued" in f["content"] for f in fake.stream(third)), what="Carol queued")
         fake.expired.add(third)  # WeCom closes Carol's reply window while she waits (a long queue)
