@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from qvl.protocol import IncomingMessage
-from qvl.queue import make_celery, start_embedded_redis
+from qvl.queue import die_with_parent, make_celery, start_embedded_redis
 from qvl.settings import Settings
 
 
@@ -85,8 +85,8 @@ def bench_app(settings: Settings, url: str):
 
 def _start_worker(settings: Settings) -> subprocess.Popen:
     env = os.environ | settings.as_env()
-    process = subprocess.Popen([sys.executable, "-m", "cli.bench", "worker"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "cli.bench", "worker"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
     asyncio.run(_raw_round_trips(settings, settings.redis_url, 1, 4, timeout=60))  # warm, and wait for it
     return process
 

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from cli.bench import run_conversations
-from qvl.queue import start_embedded_redis
+from qvl.queue import die_with_parent, start_embedded_redis
 from qvl.settings import Settings
 
 
@@ -47,7 +47,8 @@ def bench_serve(settings: Settings, *, engine: str, conversations: list[int], tu
             if engine == "openai":
                 port = _free_port()
                 children.append(subprocess.Popen(
-                    [sys.executable, "-m", "cli.bench_serve", "stand-in", str(port), str(latency_s)]))
+                    [sys.executable, "-m", "cli.bench_serve", "stand-in", str(port), str(latency_s)],
+                    preexec_fn=die_with_parent()))
                 settings = settings.model_copy(update={
                     "engine": "openai", "model": "stand-in", "openai_base_url": f"http://127.0.0.1:{port}/v1"})
             else:
@@ -131,7 +132,8 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"worker log: {log_path}")
     log = log_path.open("wb")
-    return subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent())  # a killed benchmark leaves no worker behind
 
 
 def _free_port() -> int:

@@ -297,7 +297,7 @@ def _spawn(settings: Settings, directory: Path, socket: Path, executable: str,
         process = subprocess.Popen(
             [executable, str(config)], cwd=directory, stdin=subprocess.DEVNULL, stdout=output,
             stderr=output, start_new_session=True,  # a Ctrl-C meant for `qvl up` must not stop it first
-            preexec_fn=_die_with_parent())
+            preexec_fn=die_with_parent())
     server = EmbeddedRedis(directory, socket, pid=process.pid, process=process, owned=True)
     try:
         _wait_until_ready(server, start_timeout_s)
@@ -370,9 +370,10 @@ def _answers(socket: Path) -> int:
         client.close()
 
 
-def _die_with_parent():
+def die_with_parent():
     """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux),
-    so a killed ``qvl up`` leaves no Redis behind (SIGTERM: it flushes and exits)."""
+    so a killed ``qvl up`` leaves no Redis behind (SIGTERM: it flushes and exits), nor a
+    killed benchmark its worker."""
     parent = os.getpid()
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
