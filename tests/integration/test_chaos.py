@@ -46,7 +46,7 @@ def test_chaos_loses_duplicates_stalls_and_reorders_nothing(settings_for, tmp_pa
     seed = os.environ.get("QVL_CHAOS_SEED")
     plan = ChaosPlan(
         conversations=30, turns=4, workers=2, frontends=2, persistent=persistent, slow_s=0.2,
-        submit_s=5.0, worker_kill_every=(1.5, 2.5),
+        submit_s=5.0, worker_kill_every=(0.8, 1.4),  # at least 3 while the turns are still coming
         redis_restarts_at=(0.3,), frontend_kills_at=(0.15,), backlog_at=0.5, backlog_down_s=3.0,
         deadline_s=150.0, stall_s=20.0, seed=int(seed) if seed else None)
 
