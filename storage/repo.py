@@ -144,7 +144,7 @@ def add_user_turn(
     job = dict(message_id=message_id, conversation_id=conversation.id, status=JobState.QUEUED, attempts=0,
                enqueued_at=now, platform=platform, max_new_tokens=max_new_tokens, delivery_attempts=0)
     job_id = session.execute(_INSERT_JOB, job).scalar_one()
-    _touch_conversation(session, conversation, updated_at=now)
+    _set(session, Conversation, conversation, updated_at=now)
     return Message(id=message_id, **message), Job(id=job_id, **job), True
 
 
@@ -167,18 +167,13 @@ def _insert_or_nothing(session: Session, model: type):
 _INSERT_OR_NOTHING: dict[tuple, Any] = {}
 
 
-def _touch_conversation(session: Session, conversation: Conversation, **values: Any) -> None:
-    # An UPDATE statement also works when `conversation` came from another session.
-    _set(session, Conversation, conversation, **values)
-
-
 def reset_conversation(*, session: Session, conversation: Conversation) -> None:
     """Move the context floor above every message so far; history is kept."""
     newest = session.scalar(
         select(func.max(Message.id)).where(Message.conversation_id == conversation.id)
     )
     if newest is not None and newest > conversation.context_floor:
-        _touch_conversation(session, conversation, context_floor=newest, updated_at=utcnow())
+        _set(session, Conversation, conversation, context_floor=newest, updated_at=utcnow())
 
 
 def context_messages(
@@ -421,11 +416,9 @@ def fail_job(*, session: Session, job_id: int, error: str) -> Job:
     job = _lock_job(session, job_id)
     if job.status in (JobState.DONE, JobState.CANCELLED):
         return job
-    job.status = JobState.FAILED
-    job.error = (error.strip() or "unknown error")[:_ERROR_MAX_CHARS]
-    job.finished_at = utcnow()
-    job.message.status = "failed"
-    session.flush()
+    _set(session, Job, job, status=JobState.FAILED, error=(error.strip() or "unknown error")[:_ERROR_MAX_CHARS],
+         finished_at=utcnow())
+    _set(session, Message, job.message, status="failed")
     return job
 
 
@@ -483,18 +476,20 @@ def claim_delivery(*, session: Session, job_id: int, lease_s: float) -> bool:
     return result.first() is not None
 
 
+_UNDELIVERED_JOB = (update(Job).where(Job.id == bindparam("job_id"), Job.delivered_at.is_(None))
+                    .execution_options(synchronize_session=False))
+_ACK = _UNDELIVERED_JOB.values(delivered_at=bindparam("now"), lease_until=None)
+_RELEASE = _UNDELIVERED_JOB.values(lease_until=bindparam("until"))
+
+
 def ack_delivery(*, session: Session, job_id: int) -> None:
     """Record that the job's reply was delivered (the platform accepted it)."""
-    session.execute(update(Job).where(Job.id == job_id, Job.delivered_at.is_(None))
-                    .values(delivered_at=utcnow(), lease_until=None)
-                    .execution_options(synchronize_session=False))
+    session.execute(_ACK, {"job_id": job_id, "now": utcnow()})
 
 
 def release_delivery(*, session: Session, job_id: int, retry_in_s: float) -> None:
     """A delivery failed: offer the reply again in ``retry_in_s`` seconds."""
-    session.execute(update(Job).where(Job.id == job_id, Job.delivered_at.is_(None))
-                    .values(lease_until=utcnow() + timedelta(seconds=retry_in_s))
-                    .execution_options(synchronize_session=False))
+    session.execute(_RELEASE, {"job_id": job_id, "until": utcnow() + timedelta(seconds=retry_in_s)})
 
 
 def set_platform_message_id(*, session: Session, message_id: int, platform_message_id: str) -> None:
